@@ -1,0 +1,65 @@
+"""`dlm-jax` command line: one sub-command per module in this package.
+
+Each sub-command module defines `add_parser(subparsers)` (its flags) and `run(args)` (calls into
+the library). This file only dispatches and turns `UserError` into one line on stderr.
+"""
+
+import argparse
+import importlib
+import sys
+
+from dlm_jax.errors import UserError
+
+# name -> module under dlm_jax.cli; imported lazily so `dlm-jax --help` does not import JAX.
+COMMANDS = {
+    "convert": "convert",
+    "export": "convert",
+    "tokenizer": "tokenizer",
+    "train": "train",
+    "generate": "generate",
+    "eval": "evaluate",
+}
+
+
+def _build_parser(argv):
+    parser = argparse.ArgumentParser(
+        prog="dlm-jax", description="Masked text diffusion with BERT-family encoders in JAX."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    wanted = argv[0] if argv and argv[0] in COMMANDS else None
+    modules = {}
+    for name, module_name in COMMANDS.items():
+        if wanted is not None and COMMANDS[wanted] != module_name:
+            sub.add_parser(name)  # listed in --help, flags parsed only when chosen
+            continue
+        if module_name not in modules:
+            try:
+                modules[module_name] = importlib.import_module(f"dlm_jax.cli.{module_name}")
+            except ModuleNotFoundError as err:
+                if err.name != f"dlm_jax.cli.{module_name}":
+                    raise
+                continue
+            modules[module_name].add_parser(sub)
+    return parser
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _build_parser(argv)
+    args = parser.parse_args(argv)
+    if getattr(args, "run", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        result = args.run(args)
+    except UserError as err:
+        print(f"dlm-jax {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dlm-jax {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0 if result is None else int(result)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

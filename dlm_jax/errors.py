@@ -1,0 +1,10 @@
+"""The one exception type for user mistakes.
+
+Anything the user can fix (a bad path, a bad flag, data that is too small) raises `UserError`
+with one line that names the problem and the fix. The CLI prints that line and exits with
+status 2; a raw traceback is reserved for bugs in dlm-jax itself.
+"""
+
+
+class UserError(Exception):
+    """A mistake in the user's input; the message is one line naming the problem and the fix."""
