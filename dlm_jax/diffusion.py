@@ -237,7 +237,8 @@ def loss_terms(logits, input_ids, eligible, corruption: Corruption, objective: O
     is the row's NELBO in nats per token). The loss is sum(numerator) / sum(denominator) over
     the global batch and all microbatches.
     metrics: sums to add up globally before dividing: ce, correct, tokens (scored tokens;
-    correct = the original token has the highest logit, ties count), and bucket_ce,
+    correct = the original token is the argmax, so a tie counts for the lowest id only and
+    uniform logits are not "correct" everywhere), and bucket_ce,
     bucket_correct, bucket_tokens [NUM_BUCKETS] by the row's mask ratio.
     """
     logits = logits.astype(jnp.float32)
@@ -252,7 +253,7 @@ def loss_terms(logits, input_ids, eligible, corruption: Corruption, objective: O
     denominator = counted.sum(-1).astype(jnp.float32)
 
     row_ce = ce.sum(-1)
-    row_correct = (scored & (target_logit >= top)).sum(-1).astype(jnp.float32)
+    row_correct = (scored & (logits.argmax(-1) == input_ids)).sum(-1).astype(jnp.float32)
     row_tokens = scored.sum(-1).astype(jnp.float32)
     bucket = jax.nn.one_hot(ratio_bucket(corruption.ratio), NUM_BUCKETS, dtype=jnp.float32)
     metrics = {

@@ -198,8 +198,9 @@ def test_elbo_loss_weights_one_over_t_hand_computed():
     loss = float(numerator.sum() / denominator.sum())
     assert loss == pytest.approx((4 * math.log(3) + 4 * math.log(2)) / 7, rel=1e-6)
     assert float(metrics["ce"]) == pytest.approx(2 * math.log(3) + math.log(2), rel=1e-6)
-    # Uniform logits tie: counted correct; row 1's target 0 is the strict argmax: correct.
-    assert float(metrics["correct"]) == 3 and float(metrics["tokens"]) == 3
+    # Uniform logits tie: argmax is id 0, so row 0's target 1 is wrong and its target 0 right;
+    # row 1's target 0 is the strict argmax: correct.
+    assert float(metrics["correct"]) == 2 and float(metrics["tokens"]) == 3
     # The same terms through corrupt's own mask and t, against NumPy.
     rng = np.random.default_rng(5)
     ids = rng.integers(5, 50, (8, 12)).astype(np.int32)

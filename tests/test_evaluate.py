@@ -212,12 +212,14 @@ def test_accuracy_by_ratio(encoder):
     eligible = np.isin(ids, evaluate.special_token_ids(TINY), invert=True)
     logits = np.asarray(encoder(jnp.asarray(np.where(eligible, TINY.mask_token_id, ids))), np.float64)
     ce = numpy_ce(logits, ids)[eligible]
-    hit = (np.take_along_axis(logits, ids[..., None], -1)[..., 0] >= logits.max(-1))[eligible]
+    hit = (logits.argmax(-1) == ids)[eligible]
     assert curve[-1]["ce"] == pytest.approx(ce.mean(), rel=1e-5)
     assert curve[-1]["accuracy"] == pytest.approx(hit.mean())
 
     uniform = evaluate.accuracy_by_ratio(uniform_encoder(), records, ratios=(0.3, 0.7), batch_size=4)
     assert [c["ce"] for c in uniform] == pytest.approx([math.log(TINY.vocab_size)] * 2, rel=1e-6)
+    # A tie is no hit: uniform logits are right only where the target is id 0 (never eligible).
+    assert [c["accuracy"] for c in uniform] == [0.0, 0.0]
 
 
 # --------------------------------------------------------------------------------- CLI
