@@ -172,12 +172,6 @@ def _encoder(model):
     return getattr(model, "encoder", model)
 
 
-def special_token_ids(config) -> tuple:
-    """pad, BOS, EOS and mask ids of an EncoderConfig: never masked, never counted in samples."""
-    ids = (config.pad_token_id, config.bos_token_id, config.eos_token_id, config.mask_token_id)
-    return tuple(sorted({i for i in ids if i is not None}))
-
-
 def _batches(dataset, batch_size, max_sequences):
     """(first index, input_ids [B, L], prompt_mask [B, L], valid rows) over the first
     max_sequences records; the last batch repeats its last row so every batch has one shape."""
@@ -213,7 +207,7 @@ def _eligible(config, input_ids, prompt_mask, valid):
     nothing to any sum."""
     eligible = diffusion.eligible_positions(
         input_ids, prompt_mask, pad_id=config.pad_token_id,
-        special_ids=special_token_ids(config), prefix_len=0,
+        special_ids=config.special_token_ids, prefix_len=0,
     )
     return eligible & (jnp.arange(input_ids.shape[0]) < valid)[:, None]
 
@@ -350,7 +344,7 @@ def held_out_split(spec) -> str:
 
 def generated_tokens(ids, prompt_len, config) -> list:
     """The generated part of each row as a token list: cut at the first EOS, specials dropped."""
-    specials = set(special_token_ids(config))
+    specials = set(config.special_token_ids)
     rows = []
     for row in np.asarray(ids)[:, prompt_len:].tolist():
         if config.eos_token_id in row:

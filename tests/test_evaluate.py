@@ -135,7 +135,7 @@ def reference_draws(seed, index, ids, num_samples, eps=1e-3):
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 0), index)
     key_t, key_mask = jax.random.split(key)
     t = diffusion.stratified_times(key_t, num_samples, eps)
-    eligible = np.isin(ids, evaluate.special_token_ids(TINY), invert=True)
+    eligible = np.isin(ids, TINY.special_token_ids, invert=True)
     copies = lambda x: np.broadcast_to(x, (num_samples,) + x.shape)
     draw = diffusion.mask_at_times(key_mask, copies(ids), copies(eligible), t,
                                    mask_token_id=TINY.mask_token_id, force_one=False)
@@ -209,7 +209,7 @@ def test_accuracy_by_ratio(encoder):
 
     # Ratio 1.0 masks every eligible token: no randomness left, so NumPy recomputes it exactly.
     ids = np.stack([r["input_ids"] for r in records])
-    eligible = np.isin(ids, evaluate.special_token_ids(TINY), invert=True)
+    eligible = np.isin(ids, TINY.special_token_ids, invert=True)
     logits = np.asarray(encoder(jnp.asarray(np.where(eligible, TINY.mask_token_id, ids))), np.float64)
     ce = numpy_ce(logits, ids)[eligible]
     hit = (logits.argmax(-1) == ids)[eligible]

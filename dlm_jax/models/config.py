@@ -58,6 +58,12 @@ class EncoderConfig:
         return self.pad_token_id + 1 if self.model_type == "roberta" else 0
 
     @property
+    def special_token_ids(self) -> tuple[int, ...]:
+        """pad, BOS, EOS and mask ids: never masked by training, never counted in samples."""
+        ids = (self.pad_token_id, self.bos_token_id, self.eos_token_id, self.mask_token_id)
+        return tuple(sorted({i for i in ids if i is not None}))
+
+    @property
     def max_length(self) -> int:
         """The longest sequence the position table can embed."""
         return self.max_position_embeddings - self.position_offset

@@ -1,0 +1,279 @@
+"""The training loop: resolve model, tokenizer and data; build the mesh and the state; compile
+the step ahead of time; run, log, checkpoint, and stop cleanly on SIGTERM or a NaN loss.
+
+Every check a user can fail happens before compilation, and nothing is written to the workdir
+until they have passed.
+"""
+
+import dataclasses
+import signal
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from dlm_jax import data
+from dlm_jax.checkpoint import WORKDIR_MODEL_DIR
+from dlm_jax.errors import UserError
+from dlm_jax.models import CONFIG_FILE, Encoder, EncoderConfig
+from dlm_jax.train import checkpointing
+from dlm_jax.train.config import TrainConfig, save_config
+from dlm_jax.train.mesh import batch_sharding, global_batch, make_mesh, param_shardings, replicated
+from dlm_jax.train.metrics import MetricsWriter, flops_per_token, peak_tflops, summarize
+from dlm_jax.train.step import TrainState, make_optimizer, make_train_step
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _say(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+def resolve_model(config: TrainConfig, workdir: Path):
+    """-> (config with the real model, tokenizer, init params or None)."""
+    if config.init is not None:
+        from dlm_jax.api import load
+
+        loaded = load(config.init)
+        if loaded.tokenizer is None and config.tokenizer is None:
+            raise UserError(f"{config.init} has no tokenizer; name one with --set tokenizer=DIR")
+        tokenizer = loaded.tokenizer if config.tokenizer is None else data.load_tokenizer(config.tokenizer)
+        params = nnx.to_pure_dict(nnx.state(loaded.encoder, nnx.Param))
+        return dataclasses.replace(config, model=loaded.config), tokenizer, params
+    if config.tokenizer is not None:
+        tokenizer = data.load_tokenizer(config.tokenizer)
+    else:  # the workdir's own tokenizer, trained on the corpus by the first run (host 0)
+        model_dir = workdir / WORKDIR_MODEL_DIR
+        if jax.process_index() == 0:
+            tokenizer = data.tokenizer_for_run(_data_spec(config), model_dir, config.tokenizer_vocab_size)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("dlm_jax tokenizer")
+            tokenizer = data.load_tokenizer(model_dir)
+    ids = data.special_token_ids(tokenizer)
+    model = config.model.replace(vocab_size=len(tokenizer), pad_token_id=ids["pad"],
+                                 mask_token_id=ids["mask"], bos_token_id=ids["bos"], eos_token_id=ids["eos"])
+    return dataclasses.replace(config, model=model), tokenizer, None
+
+
+def _data_spec(config: TrainConfig) -> str:
+    return config.data if config.data is not None else str(data.default_corpus())
+
+
+def check_workdir(workdir: Path, model: EncoderConfig, manager) -> int | None:
+    """The step to resume from (None: fresh); UserError if it trained a different model."""
+    step = manager.latest_step()
+    if step is None:
+        return None
+    saved = checkpointing.read_meta(manager, step).get("model")
+    if saved is None and (workdir / WORKDIR_MODEL_DIR / CONFIG_FILE).is_file():
+        saved = EncoderConfig.load(workdir / WORKDIR_MODEL_DIR).to_dict()
+    if saved is not None and saved != model.to_dict():
+        diff = sorted(k for k in saved if saved.get(k) != model.to_dict().get(k))
+        raise UserError(
+            f"{workdir} holds checkpoints of a different model (differs in {', '.join(diff)}); "
+            "use a new --workdir or the same model config"
+        )
+    return step
+
+
+def check_shapes(config: TrainConfig, devices: int) -> None:
+    model = config.model
+    if model.mask_token_id is None:
+        raise UserError("the tokenizer has no mask token; diffusion training needs one")
+    if config.seq_len > model.max_length:
+        raise UserError(
+            f"seq_len {config.seq_len} exceeds the model's {model.max_length} positions; "
+            f"lower seq_len or raise model.max_position_embeddings"
+        )
+    micro = config.batch_size // config.grad_accum_steps
+    if micro % devices:
+        raise UserError(
+            f"batch_size / grad_accum_steps = {micro} rows per microbatch does not split over "
+            f"{devices} devices; use a multiple of {devices}"
+        )
+
+
+def init_state(config, model_config, mesh, optimizer, init_params):
+    """Abstract and concrete TrainState, created directly in their shardings."""
+    dtype = DTYPES[config.dtype]
+    make = lambda: Encoder(model_config, rngs=nnx.Rngs(config.seed), dtype=dtype, remat=config.remat,
+                           attention=config.attention)
+    graphdef, abstract_params = nnx.split(nnx.eval_shape(make))
+    abstract_params = nnx.to_pure_dict(abstract_params)
+    rules = config.sharding_rules if config.parallelism == "mesh" else ((r".*", ()),)
+    p_shard = param_shardings(abstract_params, rules, mesh)
+
+    def create(params):
+        opt_state = optimizer.init(params)
+        ema = params if config.ema_decay is not None else None
+        return TrainState(jnp.zeros((), jnp.int32), params, opt_state, ema)
+
+    abstract = jax.eval_shape(create, abstract_params)
+    state_shard = TrainState(replicated(mesh), p_shard, _like(optimizer, abstract.opt_state, p_shard, mesh),
+                             p_shard if config.ema_decay is not None else None)
+    if init_params is None:
+        init = jax.jit(lambda: create(nnx.to_pure_dict(nnx.split(make())[1])), out_shardings=state_shard)
+        state = init()
+    else:
+        params = jax.device_put(jax.tree.map(np.asarray, init_params), p_shard)
+        state = jax.jit(create, out_shardings=state_shard)(params)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_shard)
+    return graphdef, state, abstract, state_shard
+
+
+def _like(optimizer, opt_state, p_shard, mesh):
+    """Optimizer moments shard like their parameters; counters are replicated."""
+    return optax.tree_utils.tree_map_params(
+        optimizer, lambda _, sharding: sharding, opt_state, p_shard,
+        transform_non_params=lambda _: replicated(mesh),
+    )
+
+
+def compile_step(step_fn, abstract, state_shard, mesh, config):
+    rows, length = config.batch_size, config.seq_len
+    b_shard = batch_sharding(mesh)
+    batch = {
+        "input_ids": jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=b_shard),
+        "prompt_mask": jax.ShapeDtypeStruct((rows, length), jnp.bool_, sharding=b_shard),
+    }
+    jitted = jax.jit(step_fn, in_shardings=(state_shard, b_shard),
+                     out_shardings=(state_shard, replicated(mesh)), donate_argnums=0)
+    start = time.perf_counter()
+    compiled = jitted.lower(abstract, batch).compile()
+    seconds = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    if memory is not None:
+        gib = lambda n: n / 2**30
+        _say(f"compiled the step in {seconds:.1f} s; per device: arguments "
+             f"{gib(memory.argument_size_in_bytes):.3f} GiB, outputs {gib(memory.output_size_in_bytes):.3f} GiB, "
+             f"temporaries {gib(memory.temp_size_in_bytes):.3f} GiB; XLA FLOPs per step {flops:.3e}")
+    return compiled, flops
+
+
+def train(config: TrainConfig, workdir, *, stop_on_signal: bool = True) -> dict:
+    """Train (or resume) in `workdir`; returns the last logged metrics and the final step."""
+    workdir = Path(workdir)
+    config, tokenizer, init_params = resolve_model(config, workdir)
+    mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
+    check_shapes(config, mesh.size)
+    manager = checkpointing.checkpoint_manager(workdir, config.keep_checkpoints)
+    resume_step = check_workdir(workdir, config.model, manager)
+    if resume_step is not None and resume_step >= config.steps:
+        _say(f"{workdir} already holds step {resume_step} >= steps={config.steps}; nothing to do")
+        manager.close()
+        return {"step": resume_step}
+    dataset = data.prepare_dataset(_data_spec(config), tokenizer, config.seq_len, cache_dir=data.cache_home())
+    batches = data.BatchIterator(dataset, config.batch_size, seed=config.seed,
+                                 process_index=jax.process_index(), process_count=jax.process_count())
+    # Every user-facing check passed: now write the run's description.
+    if jax.process_index() == 0:
+        (workdir / WORKDIR_MODEL_DIR).mkdir(parents=True, exist_ok=True)
+        save_config(config, workdir / "config.json")
+        config.model.save(workdir / WORKDIR_MODEL_DIR)
+        tokenizer.save_pretrained(str(workdir / WORKDIR_MODEL_DIR))
+
+    optimizer = make_optimizer(config)
+    graphdef, state, abstract, state_shard = init_state(config, config.model, mesh, optimizer, init_params)
+    if resume_step is not None:
+        del state
+        state, data_state = checkpointing.restore(manager, resume_step, abstract)
+        batches.set_state(data_state)
+        _say(f"resumed from {workdir / 'checkpoints' / str(resume_step)}")
+    step_fn = make_train_step(config, graphdef, config.model, mesh, optimizer)
+    compiled, xla_flops = compile_step(step_fn, abstract, state_shard, mesh, config)
+    n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
+    tokens_per_step = config.batch_size * config.seq_len
+    flops_per_step = flops_per_token(config.model, config.seq_len) * tokens_per_step
+    peak, peak_source = peak_tflops(config.peak_tflops, DTYPES[config.dtype], mesh.size)
+    _say(f"model {n_params / 1e6:.2f}M parameters; {mesh.size} devices {dict(mesh.shape)} "
+         f"({config.parallelism}); {tokens_per_step} tokens/step; formula FLOPs/step "
+         f"{flops_per_step:.3e}; peak {peak:.3f} TFLOP/s ({peak_source})")
+
+    meta = {"model": config.model.to_dict()}
+    stop = {"signal": None}
+    previous = None
+    if stop_on_signal:
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+    writer = MetricsWriter(workdir, resume_step or 0, enabled=jax.process_index() == 0)
+    step = resume_step or 0
+    last_saved = resume_step
+    data_states = {step: batches.get_state()}
+    pending = []  # (step, loss array) not yet checked for NaN
+    record = {"step": step}
+    interval_start, interval_steps = time.perf_counter(), 0
+
+    def check_finite():
+        nonlocal pending
+        for s, loss in pending:
+            if not np.isfinite(float(jax.device_get(loss))):
+                good = manager.latest_step()
+                kept = f"the last good checkpoint is step {good}" if good is not None else "no checkpoint was saved"
+                raise UserError(
+                    f"loss became {float(jax.device_get(loss))} at step {s}; stopped ({kept}); "
+                    "lower lr or check the data"
+                )
+        pending = []
+
+    def save():
+        nonlocal last_saved
+        check_finite()
+        checkpointing.save(manager, state, data_states[step], meta)
+        last_saved = step
+
+    try:
+        while step < config.steps:
+            batch = global_batch(next(batches), mesh, config.batch_size)
+            state, metrics = compiled(state, batch)
+            step += 1
+            interval_steps += 1
+            data_states = {step: batches.get_state()}
+            pending.append((step, metrics["loss"]))
+            if step % config.log_every == 0 or step == config.steps:
+                check_finite()
+                elapsed = time.perf_counter() - interval_start
+                record = {"step": step, **summarize(metrics, config.objective.name)}
+                step_time = elapsed / interval_steps
+                record["step_time"] = step_time
+                record["tokens_per_s"] = tokens_per_step / step_time
+                record["tflops"] = flops_per_step / step_time / 1e12
+                record["mfu"] = record["tflops"] / peak
+                writer.write(record)
+                _say(progress_line(record, config.steps))
+                interval_start, interval_steps = time.perf_counter(), 0
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                save()
+            if stop["signal"] is not None:
+                if last_saved != step:
+                    save()
+                _say(f"received signal {stop['signal']}: saved step {step}, exiting")
+                break
+    finally:
+        manager.wait_until_finished()
+        manager.close()
+        writer.close()
+        if stop_on_signal:
+            signal.signal(signal.SIGTERM, previous)
+    record["step"] = step
+    record["xla_flops_per_step"] = xla_flops
+    return record
+
+
+def progress_line(record: dict, total: int) -> str:
+    parts = [f"step {record['step']}/{total}", f"loss {record['loss']:.4f}"]
+    if "accuracy" in record:
+        parts.append(f"acc {record['accuracy']:.3f}")
+    if "bits_per_token" in record:
+        parts.append(f"{record['bits_per_token']:.3f} bits/tok")
+    parts += [f"gnorm {record['grad_norm']:.3f}", f"lr {record['lr']:.2e}",
+              f"{record['step_time'] * 1e3:.0f} ms/step", f"{record['tokens_per_s']:.0f} tok/s",
+              f"{record['tflops']:.3f} TFLOP/s", f"MFU {100 * record['mfu']:.1f}%"]
+    return " | ".join(parts)
