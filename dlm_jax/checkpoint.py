@@ -1,0 +1,131 @@
+"""Model directories and training workdirs on disk (Orbax).
+
+A model directory ("our checkpoint") holds `dlm_config.json`, `params/` (an Orbax
+StandardCheckpointer save of the float32 pure-dict parameter tree) and the tokenizer files when
+there is a tokenizer. A training workdir holds `model/` (config and tokenizer, no params) and
+`checkpoints/<step>/`, written by a CheckpointManager with the items params, opt_state, data and
+meta; only `params` is read here.
+
+Every restore accepts an optional abstract target (a tree of jax.ShapeDtypeStruct with
+shardings) so a caller can restore straight into a mesh layout; without one the parameters come
+back on this process's first device, whatever topology (a pod, 2 hosts x 4 devices) wrote them.
+"""
+
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from dlm_jax.errors import UserError
+from dlm_jax.models import CONFIG_FILE, EncoderConfig
+
+PARAMS_DIR = "params"
+WORKDIR_MODEL_DIR = "model"
+WORKDIR_CHECKPOINTS_DIR = "checkpoints"
+
+
+def is_model_dir(path) -> bool:
+    path = Path(path)
+    return (path / CONFIG_FILE).is_file() and (path / PARAMS_DIR).is_dir()
+
+
+def is_workdir(path) -> bool:
+    path = Path(path)
+    return (path / WORKDIR_MODEL_DIR / CONFIG_FILE).is_file() and (path / WORKDIR_CHECKPOINTS_DIR).is_dir()
+
+
+def _int_keys(tree):
+    """Orbax hands dict keys back as strings; layer indices are ints in the encoder's tree."""
+    if not isinstance(tree, dict):
+        return tree
+    return {int(k) if isinstance(k, str) and k.isdigit() else k: _int_keys(v) for k, v in tree.items()}
+
+
+def _float32(params):
+    return jax.tree.map(lambda x: x if x.dtype == np.float32 else x.astype(np.float32), params)
+
+
+def local_target(config: EncoderConfig) -> dict:
+    """The float32 parameter tree of `config` as ShapeDtypeStructs on this process's first device:
+    a restore target that does not depend on the devices that saved the checkpoint."""
+    from flax import nnx
+
+    from dlm_jax.models import Encoder
+
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    encoder = nnx.eval_shape(lambda: Encoder(config, rngs=nnx.Rngs(0)))
+    shapes = nnx.to_pure_dict(nnx.state(encoder, nnx.Param))
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, np.float32, sharding=device), shapes)
+
+
+def save_model(directory, config: EncoderConfig, params: dict, tokenizer=None) -> Path:
+    """Write a model directory: config, float32 params (Orbax), tokenizer files."""
+    directory = Path(directory).absolute()
+    directory.mkdir(parents=True, exist_ok=True)
+    config.save(directory)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(directory / PARAMS_DIR, _float32(params), force=True)
+    checkpointer.wait_until_finished()
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(directory))
+    return directory
+
+
+def load_model_dir(directory, target=None):
+    """A model directory -> (EncoderConfig, params pure dict, tokenizer or None)."""
+    from dlm_jax.convert import load_tokenizer
+
+    directory = Path(directory).absolute()
+    if not is_model_dir(directory):
+        raise UserError(f"{directory} is not a dlm-jax model directory (needs {CONFIG_FILE} and {PARAMS_DIR}/)")
+    config = EncoderConfig.load(directory)
+    try:
+        params = ocp.StandardCheckpointer().restore(directory / PARAMS_DIR, target or local_target(config))
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        raise UserError(f"cannot restore {directory / PARAMS_DIR} ({err}); re-convert or re-save it") from None
+    return config, _int_keys(params), load_tokenizer(directory)
+
+
+def load_params_from_workdir(workdir, step: int | None = None, target=None) -> dict:
+    """The `params` item of a training workdir's latest checkpoint (or of `step`)."""
+    workdir = Path(workdir).absolute()
+    checkpoints = workdir / WORKDIR_CHECKPOINTS_DIR
+    if not checkpoints.is_dir():
+        raise UserError(f"{workdir} has no {WORKDIR_CHECKPOINTS_DIR}/; is it a dlm-jax training workdir?")
+    manager = ocp.CheckpointManager(checkpoints, options=ocp.CheckpointManagerOptions(create=False))
+    try:
+        steps = manager.all_steps()
+        if not steps:
+            raise UserError(f"{checkpoints} holds no checkpoint yet; train for at least one save interval")
+        if step is None:
+            step = max(steps)
+        elif step not in steps:
+            raise UserError(f"{checkpoints} has no step {step}; saved steps: {sorted(steps)}")
+        if target is None:
+            target = local_target(EncoderConfig.load(workdir / WORKDIR_MODEL_DIR))
+        restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
+    finally:
+        manager.close()
+    return _int_keys(restored["params"])
+
+
+def load_workdir(workdir, step: int | None = None, target=None):
+    """A training workdir -> (EncoderConfig, params of the latest or given step, tokenizer or None)."""
+    from dlm_jax.convert import load_tokenizer
+
+    model_dir = Path(workdir) / WORKDIR_MODEL_DIR
+    config = EncoderConfig.load(model_dir)
+    return config, load_params_from_workdir(workdir, step, target), load_tokenizer(model_dir)
+
+
+def load_any(path, step: int | None = None):
+    """Our model dir or a training workdir -> (config, params, tokenizer); UserError otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} does not exist; pass a dlm-jax model directory or training workdir")
+    if is_model_dir(path):
+        return load_model_dir(path)
+    if is_workdir(path):
+        return load_workdir(path, step)
+    raise UserError(f"{path} is neither a dlm-jax model directory ({CONFIG_FILE} + {PARAMS_DIR}/) nor a training workdir")
