@@ -13,9 +13,8 @@ import numpy as np
 from flax import nnx
 
 from dlm_jax.errors import UserError
-from dlm_jax.models import Encoder, EncoderConfig
+from dlm_jax.models import COMPUTE_DTYPES, Encoder, EncoderConfig
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @partial(jax.jit, static_argnums=0)
@@ -59,9 +58,9 @@ class Model:
 
 def build_encoder(config: EncoderConfig, params: dict, *, dtype="float32") -> Encoder:
     """An Encoder holding `params` (pure dict) and computing in `dtype`."""
-    if dtype not in DTYPES:
-        raise UserError(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
-    encoder = nnx.eval_shape(lambda: Encoder(config, rngs=nnx.Rngs(0), dtype=DTYPES[dtype]))
+    if dtype not in COMPUTE_DTYPES:
+        raise UserError(f"dtype {dtype!r} is not supported; use one of {', '.join(COMPUTE_DTYPES)}")
+    encoder = nnx.eval_shape(lambda: Encoder(config, rngs=nnx.Rngs(0), dtype=COMPUTE_DTYPES[dtype]))
     state = nnx.state(encoder, nnx.Param)
     nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
     nnx.update(encoder, state)

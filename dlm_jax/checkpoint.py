@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 
 from dlm_jax.errors import UserError
 from dlm_jax.models import CONFIG_FILE, EncoderConfig
+from dlm_jax.tokenizer import load_tokenizer
 
 PARAMS_DIR = "params"
 WORKDIR_MODEL_DIR = "model"
@@ -74,8 +75,6 @@ def save_model(directory, config: EncoderConfig, params: dict, tokenizer=None) -
 
 def load_model_dir(directory, target=None):
     """A model directory -> (EncoderConfig, params pure dict, tokenizer or None)."""
-    from dlm_jax.convert import load_tokenizer
-
     directory = Path(directory).absolute()
     if not is_model_dir(directory):
         raise UserError(f"{directory} is not a dlm-jax model directory (needs {CONFIG_FILE} and {PARAMS_DIR}/)")
@@ -84,7 +83,7 @@ def load_model_dir(directory, target=None):
         params = ocp.StandardCheckpointer().restore(directory / PARAMS_DIR, target or local_target(config))
     except (ValueError, FileNotFoundError, KeyError) as err:
         raise UserError(f"cannot restore {directory / PARAMS_DIR} ({err}); re-convert or re-save it") from None
-    return config, _int_keys(params), load_tokenizer(directory)
+    return config, _int_keys(params), load_tokenizer(directory, required=False)
 
 
 def load_params_from_workdir(workdir, step: int | None = None, target=None) -> dict:
@@ -112,11 +111,9 @@ def load_params_from_workdir(workdir, step: int | None = None, target=None) -> d
 
 def load_workdir(workdir, step: int | None = None, target=None):
     """A training workdir -> (EncoderConfig, params of the latest or given step, tokenizer or None)."""
-    from dlm_jax.convert import load_tokenizer
-
     model_dir = Path(workdir) / WORKDIR_MODEL_DIR
     config = EncoderConfig.load(model_dir)
-    return config, load_params_from_workdir(workdir, step, target), load_tokenizer(model_dir)
+    return config, load_params_from_workdir(workdir, step, target), load_tokenizer(model_dir, required=False)
 
 
 def load_any(path, step: int | None = None):

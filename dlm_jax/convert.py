@@ -17,6 +17,7 @@ import numpy as np
 
 from dlm_jax.errors import UserError
 from dlm_jax.models import SUPPORTED_MODEL_TYPES, EncoderConfig
+from dlm_jax.tokenizer import load_tokenizer, special_token_ids
 
 # The HF encoder's prefix inside the MLM classes; the bare classes (BertModel, RobertaModel)
 # store the same names without it.
@@ -130,14 +131,6 @@ def read_hf_config(hf_dir: Path) -> dict:
     return hf
 
 
-def _special_id(tokenizer, *names):
-    for name in names:
-        value = getattr(tokenizer, name, None) if tokenizer is not None else None
-        if value is not None:
-            return int(value)
-    return None
-
-
 def encoder_config_from_hf(hf: dict, tokenizer=None) -> EncoderConfig:
     """Our config from HF's config.json; special ids from the tokenizer when there is one."""
     model_type = hf["model_type"]
@@ -150,9 +143,8 @@ def encoder_config_from_hf(hf: dict, tokenizer=None) -> EncoderConfig:
     if tokenizer is None:
         mask, bos, eos = hf.get("mask_token_id"), hf.get("bos_token_id"), hf.get("eos_token_id")
     else:
-        mask = _special_id(tokenizer, "mask_token_id")
-        bos = _special_id(tokenizer, "bos_token_id", "cls_token_id")
-        eos = _special_id(tokenizer, "eos_token_id", "sep_token_id")
+        ids = special_token_ids(tokenizer)
+        mask, bos, eos = ids["mask"], ids["bos"], ids["eos"]
     return EncoderConfig(
         model_type=model_type,
         vocab_size=hf["vocab_size"],
@@ -169,23 +161,6 @@ def encoder_config_from_hf(hf: dict, tokenizer=None) -> EncoderConfig:
         bos_token_id=bos,
         eos_token_id=eos,
     )
-
-
-def load_tokenizer(directory: Path):
-    """The HF tokenizer saved in `directory`, or None when it holds no tokenizer files."""
-    directory = Path(directory)
-    names = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt")
-    if not any((directory / name).is_file() for name in names):
-        return None
-    from transformers import AutoTokenizer, BertTokenizerFast
-
-    try:
-        return AutoTokenizer.from_pretrained(str(directory))
-    except (OSError, ValueError, TypeError) as err:
-        vocab = directory / "vocab.txt"
-        if vocab.is_file():  # a bare BERT vocab.txt, which AutoTokenizer cannot read alone
-            return BertTokenizerFast(vocab=str(vocab))
-        raise UserError(f"cannot load the tokenizer in {directory} ({err}); fix or remove its files") from None
 
 
 # ----------------------------------------------------------------------------- weights
@@ -337,7 +312,7 @@ def convert_hf_dir(hf_dir, *, seed: int = 0):
     hf = read_hf_config(hf_dir)
     if not any((hf_dir / name).is_file() for name in WEIGHT_FILES):
         raise UserError(f"{hf_dir} holds no weights; expected one of {', '.join(WEIGHT_FILES)}")
-    tokenizer = load_tokenizer(hf_dir)
+    tokenizer = load_tokenizer(hf_dir, required=False)
     config = encoder_config_from_hf(hf, tokenizer)
     params, report = params_from_hf(read_hf_weights(hf_dir), config, seed=seed)
     return config, params, tokenizer, report

@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import AddedToken, AutoTokenizer, BertTokenizer, RobertaTokenizerFast
+from transformers import AddedToken, RobertaTokenizerFast
 
 from dlm_jax.errors import UserError
+from dlm_jax.tokenizer import load_tokenizer, special_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -110,26 +111,6 @@ def train_tokenizer(source, out_dir, vocab_size: int = 8192):
     return load_tokenizer(out_dir)
 
 
-def load_tokenizer(directory):
-    """A HF tokenizer from a directory (tokenizer.json or a BERT vocab.txt); it needs <mask>."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise UserError(f"tokenizer directory {directory} does not exist")
-    try:
-        if (directory / "vocab.txt").exists() and not (directory / "tokenizer.json").exists():
-            tokenizer = BertTokenizer.from_pretrained(directory)  # AutoTokenizer fails on these
-        else:
-            tokenizer = AutoTokenizer.from_pretrained(directory)
-    except (OSError, ValueError) as err:
-        raise UserError(
-            f"cannot load a tokenizer from {directory} ({str(err).splitlines()[0]}); "
-            "it needs tokenizer.json or vocab.txt (see `dlm-jax tokenizer train`)"
-        ) from err
-    if tokenizer.mask_token_id is None:
-        raise UserError(f"the tokenizer in {directory} has no mask token; diffusion needs one")
-    return tokenizer
-
-
 def tokenizer_for_run(spec, model_dir, vocab_size: int = 8192):
     """The tokenizer kept in a run's model dir; trained on the run's corpus the first time."""
     model_dir = Path(model_dir)
@@ -137,13 +118,6 @@ def tokenizer_for_run(spec, model_dir, vocab_size: int = 8192):
         return load_tokenizer(model_dir)
     log.warning("training a %d-token byte-level BPE on %s into %s", vocab_size, spec, model_dir)
     return train_tokenizer(spec, model_dir, vocab_size)
-
-
-def special_token_ids(tokenizer) -> dict:
-    """bos/eos/pad/mask ids; BERT's [CLS]/[SEP] play the roles of <s>/</s>."""
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-    return {"bos": bos, "eos": eos, "pad": tokenizer.pad_token_id, "mask": tokenizer.mask_token_id}
 
 
 def _training_texts(spec):

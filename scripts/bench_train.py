@@ -16,13 +16,12 @@ import numpy as np
 import torch
 from flax import nnx
 
-from dlm_jax.models import Encoder, EncoderConfig
+from dlm_jax.models import COMPUTE_DTYPES, Encoder, EncoderConfig
 from dlm_jax.train.config import MeshConfig, TrainConfig
 from dlm_jax.train.mesh import make_mesh
 from dlm_jax.train.metrics import flops_per_token, measure_matmul_tflops
 from dlm_jax.train.step import TrainState, make_optimizer, make_train_step
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def torch_matmul_tflops(dtype, size=2048, repeats=3):
@@ -39,7 +38,7 @@ def bench_jax(model_config, batch, dtype, steps):
                          dtype=dtype, mesh=MeshConfig(data=1), warmup_steps=1, steps=1000)
     mesh = make_mesh(1, 1)
     optimizer = make_optimizer(config)
-    model = Encoder(model_config, rngs=nnx.Rngs(0), dtype=DTYPES[dtype])
+    model = Encoder(model_config, rngs=nnx.Rngs(0), dtype=COMPUTE_DTYPES[dtype])
     graphdef, params = nnx.split(model)
     params = nnx.to_pure_dict(params)
     state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), None)
@@ -112,7 +111,7 @@ def main():
     print("| dtype | matmul ceiling JAX / torch (TFLOP/s) | dlm-jax tok/s | MFU | PyTorch tok/s | MFU | speed-up |")
     print("|---|---|---|---|---|---|---|")
     for dtype in ("float32", "bfloat16"):
-        ceiling_jax = measure_matmul_tflops(DTYPES[dtype])
+        ceiling_jax = measure_matmul_tflops(COMPUTE_DTYPES[dtype])
         ceiling_torch = torch_matmul_tflops(getattr(torch, dtype))
         t_jax = bench_jax(model_config, batch, dtype, args.steps)
         t_torch = bench_torch(model_config, batch, dtype, args.steps)

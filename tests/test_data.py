@@ -13,13 +13,12 @@ from dlm_jax.cli import main as cli_main
 from dlm_jax.data import (
     BatchIterator,
     default_corpus,
-    load_tokenizer,
     prepare_dataset,
-    special_token_ids,
     tokenizer_for_run,
     train_tokenizer,
 )
 from dlm_jax.errors import UserError
+from dlm_jax.tokenizer import load_tokenizer, special_token_ids
 
 
 @pytest.fixture(scope="module")
@@ -416,13 +415,3 @@ def test_bad_input_messages(tmp_path, roberta, shakespeare, monkeypatch):
     assert not list(
         cache.glob("packed-*/dlm_packed_text/incomplete*")
     )  # failed builds leave nothing
-
-
-def test_load_tokenizer_needs_a_mask_token(shared_data, tmp_path):
-    bert = load_tokenizer(shared_data / "tokenizers" / "bert-base-uncased")
-    assert special_token_ids(bert) == {"bos": 101, "eos": 102, "pad": 0, "mask": 103}
-    with pytest.raises(UserError, match="cannot load a tokenizer from"):
-        load_tokenizer(shared_data / "tokenizers" / "gpt2")  # vocab/merges only, no config
-    with pytest.raises(UserError, match="does not exist"):
-        load_tokenizer(tmp_path / "none")
-    assert os.path.exists(shared_data / "tokenizers" / "gpt2" / "vocab.json")

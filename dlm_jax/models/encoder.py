@@ -19,6 +19,7 @@ from flax import nnx
 from dlm_jax.models.config import EncoderConfig
 
 INIT_STD = 0.02  # HF's initializer_range for every BERT-family checkpoint
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # names used by configs/CLI
 
 
 def _normal(rngs: nnx.Rngs, shape) -> nnx.Param:

@@ -20,14 +20,14 @@ from jax.experimental import multihost_utils
 from dlm_jax import data
 from dlm_jax.checkpoint import WORKDIR_MODEL_DIR
 from dlm_jax.errors import UserError
-from dlm_jax.models import CONFIG_FILE, Encoder, EncoderConfig
+from dlm_jax.models import COMPUTE_DTYPES, CONFIG_FILE, Encoder, EncoderConfig
+from dlm_jax.tokenizer import load_tokenizer, special_token_ids
 from dlm_jax.train import checkpointing
 from dlm_jax.train.config import TrainConfig, save_config
 from dlm_jax.train.mesh import batch_sharding, global_batch, make_mesh, param_shardings, replicated
 from dlm_jax.train.metrics import MetricsWriter, flops_per_token, peak_tflops, summarize
 from dlm_jax.train.step import TrainState, make_optimizer, make_train_step
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def _say(message: str) -> None:
@@ -43,19 +43,19 @@ def resolve_model(config: TrainConfig, workdir: Path):
         loaded = load(config.init)
         if loaded.tokenizer is None and config.tokenizer is None:
             raise UserError(f"{config.init} has no tokenizer; name one with --set tokenizer=DIR")
-        tokenizer = loaded.tokenizer if config.tokenizer is None else data.load_tokenizer(config.tokenizer)
+        tokenizer = loaded.tokenizer if config.tokenizer is None else load_tokenizer(config.tokenizer)
         params = nnx.to_pure_dict(nnx.state(loaded.encoder, nnx.Param))
         return dataclasses.replace(config, model=loaded.config), tokenizer, params
     if config.tokenizer is not None:
-        tokenizer = data.load_tokenizer(config.tokenizer)
+        tokenizer = load_tokenizer(config.tokenizer)
     else:  # the workdir's own tokenizer, trained on the corpus by the first run (host 0)
         model_dir = workdir / WORKDIR_MODEL_DIR
         if jax.process_index() == 0:
             tokenizer = data.tokenizer_for_run(_data_spec(config), model_dir, config.tokenizer_vocab_size)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("dlm_jax tokenizer")
-            tokenizer = data.load_tokenizer(model_dir)
-    ids = data.special_token_ids(tokenizer)
+            tokenizer = load_tokenizer(model_dir)
+    ids = special_token_ids(tokenizer)
     model = config.model.replace(vocab_size=len(tokenizer), pad_token_id=ids["pad"],
                                  mask_token_id=ids["mask"], bos_token_id=ids["bos"], eos_token_id=ids["eos"])
     return dataclasses.replace(config, model=model), tokenizer, None
@@ -101,7 +101,7 @@ def check_shapes(config: TrainConfig, devices: int) -> None:
 
 def init_state(config, model_config, mesh, optimizer, init_params):
     """Abstract and concrete TrainState, created directly in their shardings."""
-    dtype = DTYPES[config.dtype]
+    dtype = COMPUTE_DTYPES[config.dtype]
     make = lambda: Encoder(model_config, rngs=nnx.Rngs(config.seed), dtype=dtype, remat=config.remat,
                            attention=config.attention)
     graphdef, abstract_params = nnx.split(nnx.eval_shape(make))
@@ -193,7 +193,7 @@ def train(config: TrainConfig, workdir, *, stop_on_signal: bool = True) -> dict:
     n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
     tokens_per_step = config.batch_size * config.seq_len
     flops_per_step = flops_per_token(config.model, config.seq_len) * tokens_per_step
-    peak, peak_source = peak_tflops(config.peak_tflops, DTYPES[config.dtype], mesh.size)
+    peak, peak_source = peak_tflops(config.peak_tflops, COMPUTE_DTYPES[config.dtype], mesh.size)
     _say(f"model {n_params / 1e6:.2f}M parameters; {mesh.size} devices {dict(mesh.shape)} "
          f"({config.parallelism}); {tokens_per_step} tokens/step; formula FLOPs/step "
          f"{flops_per_step:.3e}; peak {peak:.3f} TFLOP/s ({peak_source})")
