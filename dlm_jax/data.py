@@ -533,6 +533,14 @@ class _PackedTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         self._seq_len, self._records, self._splits = seq_len, records, splits
         super().__init__(**kwargs)
 
+    # Our own log line says what is being packed; tfds's "Downloading and preparing dataset
+    # Unknown size" banners would mislead for a local corpus.
+    def _log_download_bytes(self):
+        pass
+
+    def _log_download_done(self):
+        pass
+
     def _info(self):
         features = tfds.features.FeaturesDict(
             {
@@ -618,6 +626,7 @@ def prepare_dataset(
         )
         if not builder.is_prepared():
             log.warning("packing %s into %d-token sequences in %s", spec, seq_len, data_dir)
+            tfds.display_progress_bar(False)
             builder.download_and_prepare(
                 download_config=tfds.download.DownloadConfig(
                     compute_stats=tfds.download.ComputeStatsMode.SKIP

@@ -6,6 +6,7 @@ the library). This file only dispatches and turns `UserError` into one line on s
 
 import argparse
 import importlib
+import logging
 import sys
 
 from dlm_jax.errors import UserError
@@ -43,8 +44,21 @@ def _build_parser(argv):
     return parser
 
 
+def _quiet_logging():
+    """dlm-jax's own progress lines as plain text on stderr; libraries' chatter (absl warnings
+    about tfds cache folders, for one) only when it is an error."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    ours = logging.getLogger("dlm_jax")
+    ours.handlers[:] = [handler]
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
+    logging.getLogger("absl").setLevel(logging.ERROR)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    _quiet_logging()
     parser = _build_parser(argv)
     args = parser.parse_args(argv)
     if getattr(args, "run", None) is None:
