@@ -28,6 +28,10 @@ class EncoderConfig:
     type_vocab_size: int = 1
     layer_norm_eps: float = 1e-5
     hidden_act: str = "gelu"
+    # Std of the normal init of every weight matrix and embedding (HF's name). HF's 0.02 suits
+    # width 768; small models trained from scratch need about 1/sqrt(hidden_size), or attention
+    # stays uniform for thousands of steps (see docs/training.md).
+    initializer_range: float = 0.02
     pad_token_id: int = 1
     # Special tokens the diffusion code needs; None when the tokenizer does not define one.
     mask_token_id: int | None = 50264

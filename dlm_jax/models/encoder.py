@@ -18,12 +18,11 @@ from flax import nnx
 
 from dlm_jax.models.config import EncoderConfig
 
-INIT_STD = 0.02  # HF's initializer_range for every BERT-family checkpoint
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # names used by configs/CLI
 
 
-def _normal(rngs: nnx.Rngs, shape) -> nnx.Param:
-    return nnx.Param(INIT_STD * jax.random.normal(rngs.params(), shape, jnp.float32))
+def _normal(rngs: nnx.Rngs, shape, std: float) -> nnx.Param:
+    return nnx.Param(std * jax.random.normal(rngs.params(), shape, jnp.float32))
 
 
 def matmul(x: jax.Array, w: jax.Array, dtype) -> jax.Array:
@@ -42,8 +41,8 @@ def activation(name: str):
 class Dense(nnx.Module):
     """y = x @ kernel + bias; kernel is [in, out] (HF stores the transpose)."""
 
-    def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs):
-        self.kernel = _normal(rngs, (in_features, out_features))
+    def __init__(self, in_features: int, out_features: int, *, std: float, rngs: nnx.Rngs):
+        self.kernel = _normal(rngs, (in_features, out_features), std)
         self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32))
 
     def __call__(self, x, dtype):
@@ -66,8 +65,8 @@ class LayerNorm(nnx.Module):
 
 
 class Embed(nnx.Module):
-    def __init__(self, num: int, size: int, *, rngs: nnx.Rngs):
-        self.embedding = _normal(rngs, (num, size))
+    def __init__(self, num: int, size: int, *, std: float, rngs: nnx.Rngs):
+        self.embedding = _normal(rngs, (num, size), std)
 
     def __call__(self, ids):
         return jnp.take(self.embedding[...], ids, axis=0)
@@ -75,11 +74,12 @@ class Embed(nnx.Module):
 
 class Embeddings(nnx.Module):
     def __init__(self, config: EncoderConfig, *, rngs: nnx.Rngs):
-        self.word_embeddings = Embed(config.vocab_size, config.hidden_size, rngs=rngs)
+        std = config.initializer_range
+        self.word_embeddings = Embed(config.vocab_size, config.hidden_size, std=std, rngs=rngs)
         self.position_embeddings = Embed(
-            config.max_position_embeddings, config.hidden_size, rngs=rngs
+            config.max_position_embeddings, config.hidden_size, std=std, rngs=rngs
         )
-        self.token_type_embeddings = Embed(config.type_vocab_size, config.hidden_size, rngs=rngs)
+        self.token_type_embeddings = Embed(config.type_vocab_size, config.hidden_size, std=std, rngs=rngs)
         self.layer_norm = LayerNorm(config.hidden_size, config.layer_norm_eps)
 
     def __call__(self, input_ids, position_ids, token_type_ids):
@@ -95,12 +95,13 @@ class SelfAttention(nnx.Module):
     """Multi-head self-attention through `jax.nn.dot_product_attention`, then residual + LN."""
 
     def __init__(self, config: EncoderConfig, *, rngs: nnx.Rngs):
+        std = config.initializer_range
         h = config.hidden_size
         self.num_heads = config.num_attention_heads
-        self.query = Dense(h, h, rngs=rngs)
-        self.key = Dense(h, h, rngs=rngs)
-        self.value = Dense(h, h, rngs=rngs)
-        self.output = Dense(h, h, rngs=rngs)
+        self.query = Dense(h, h, std=std, rngs=rngs)
+        self.key = Dense(h, h, std=std, rngs=rngs)
+        self.value = Dense(h, h, std=std, rngs=rngs)
+        self.output = Dense(h, h, std=std, rngs=rngs)
         self.layer_norm = LayerNorm(h, config.layer_norm_eps)
 
     def __call__(self, x, mask, dtype, implementation):
@@ -119,8 +120,9 @@ class SelfAttention(nnx.Module):
 
 class FeedForward(nnx.Module):
     def __init__(self, config: EncoderConfig, *, rngs: nnx.Rngs):
-        self.intermediate = Dense(config.hidden_size, config.intermediate_size, rngs=rngs)
-        self.output = Dense(config.intermediate_size, config.hidden_size, rngs=rngs)
+        std = config.initializer_range
+        self.intermediate = Dense(config.hidden_size, config.intermediate_size, std=std, rngs=rngs)
+        self.output = Dense(config.intermediate_size, config.hidden_size, std=std, rngs=rngs)
         self.layer_norm = LayerNorm(config.hidden_size, config.layer_norm_eps)
         self.act = activation(config.hidden_act)
 
@@ -143,7 +145,8 @@ class MLMHead(nnx.Module):
     """dense -> GELU -> LayerNorm -> decoder tied to the word embeddings, plus a bias."""
 
     def __init__(self, config: EncoderConfig, *, rngs: nnx.Rngs):
-        self.dense = Dense(config.hidden_size, config.hidden_size, rngs=rngs)
+        std = config.initializer_range
+        self.dense = Dense(config.hidden_size, config.hidden_size, std=std, rngs=rngs)
         self.layer_norm = LayerNorm(config.hidden_size, config.layer_norm_eps)
         self.bias = nnx.Param(jnp.zeros((config.vocab_size,), jnp.float32))
         self.act = activation(config.hidden_act)
