@@ -80,6 +80,24 @@ def test_equals_numpy_reference(model, name):
         assert (other != out).any()
 
 
+@pytest.mark.parametrize("chunk", [32, 40])
+def test_vocabulary_chunks_keep_first_argmax(monkeypatch, chunk):
+    """greedy_head reduces the vocabulary chunk by chunk (96 ids: 3 chunks of 32, or of 40 with
+    padding). Every odd id below 48 is a twin of the even id before it (same chunk) and ids
+    48..94 are twins of 0..46 (another chunk): exact ties, which must go to the lowest id."""
+    monkeypatch.setattr(sampling, "VOCAB_CHUNK", chunk)
+    tied = tiny_model(seed=2)  # its greedy output mixes ids 6 and 28
+    embedding = tied.encoder.embeddings.word_embeddings.embedding
+    twins = np.concatenate([np.arange(48) // 2 * 2, np.arange(47) // 2 * 2, [MASK]])
+    embedding[...] = embedding[...][twins]
+    for kwargs in (dict(block_length=8), dict(cfg_scale=1.5, remasking="threshold", confidence_threshold=0.3)):
+        kwargs = dict(gen_length=16, steps=8, **kwargs)
+        out = sampling.generate(tied, PROMPTS, **kwargs)
+        np.testing.assert_array_equal(out, reference_generate(tied, PROMPTS, **kwargs))
+        generated = out[:, max(map(len, PROMPTS)):]
+        assert len(np.unique(generated)) > 1 and (generated % 2 == 0).all() and (generated < 48).all()
+
+
 @pytest.mark.parametrize("schedule", sampling.SCHEDULES)
 def test_schedules(schedule):
     assert list(sampling.commit_counts(10, 4, "even")) == [3, 3, 2, 2]  # LLaDA's example

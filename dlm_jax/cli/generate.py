@@ -64,20 +64,13 @@ def _check_args(args):
         raise UserError(f"--trajectory {args.trajectory} must end in .html or .gif")
 
 
-def encode_prompt(tokenizer, text: str) -> list[int]:
-    """BOS + the text's tokens; no EOS, since the model is to continue the text."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
-    return ([bos] if bos is not None else []) + list(ids)
-
-
 def run(args):
     _check_args(args)
     texts = _prompts(args)
     import numpy as np
 
     from dlm_jax.api import load
-    from dlm_jax.sampling import generate, generated_text
+    from dlm_jax.sampling import encode_prompt, generate, generated_text
 
     model = load(args.checkpoint, dtype=args.dtype)
     tokenizer = model.tokenizer

@@ -151,9 +151,12 @@ class MLMHead(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((config.vocab_size,), jnp.float32))
         self.act = activation(config.hidden_act)
 
+    def features(self, hidden, dtype):
+        """The head before its tied decoder (the sampler decodes these in vocabulary chunks)."""
+        return self.layer_norm(self.act(self.dense(hidden, dtype)))
+
     def __call__(self, hidden, word_embeddings, dtype):
-        h = self.layer_norm(self.act(self.dense(hidden, dtype)))
-        return matmul(h, word_embeddings.T, dtype) + self.bias[...]
+        return matmul(self.features(hidden, dtype), word_embeddings.T, dtype) + self.bias[...]
 
 
 class Encoder(nnx.Module):
