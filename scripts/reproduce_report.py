@@ -35,6 +35,15 @@ def load_runs(out: Path) -> dict:
     return runs
 
 
+def _save(fig, axes, path: Path) -> None:
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_losses(runs: dict, path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for name, run in runs.items():
@@ -45,12 +54,7 @@ def plot_losses(runs: dict, path: Path) -> None:
              title="Training loss (not comparable across objectives)")
     right.set(xlabel="step", ylabel="accuracy on the masked tokens of the batch",
               title="Training masked-token accuracy")
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, (left, right), path)
 
 
 def plot_accuracy_by_ratio(runs: dict, path: Path) -> None:
@@ -63,12 +67,7 @@ def plot_accuracy_by_ratio(runs: dict, path: Path) -> None:
     left.set(xlabel="mask ratio", ylabel="accuracy of the masked tokens",
              title="Held-out accuracy by mask ratio (WikiText-2 test)")
     right.set(xlabel="mask ratio", ylabel="cross-entropy (nats)", title="Held-out CE by mask ratio")
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, (left, right), path)
 
 
 def eval_table(runs: dict, timings: dict) -> str:
