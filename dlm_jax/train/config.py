@@ -233,9 +233,5 @@ def validate(config: TrainConfig) -> None:
         raise UserError(f"ema_decay must be in [0, 1) or none (got {config.ema_decay})")
 
 
-def config_from_dict(values: dict) -> TrainConfig:
-    return _apply(TrainConfig(), values)
-
-
 def save_config(config: TrainConfig, path: Path) -> None:
     path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
