@@ -31,7 +31,7 @@ import numpy as np
 from flax import nnx
 
 from dlm_jax.errors import UserError
-from dlm_jax.models.encoder import matmul
+from dlm_jax.ops import matmul
 from dlm_jax.tokenizer import special_token_ids
 
 STRATEGIES = (
@@ -279,8 +279,8 @@ def vocab_chunks(encoder, forbidden_ids, chunk):
     """The decoder as [n, chunk, H] weights in the compute dtype and [n, chunk] float32 bias, with
     forbidden ids and the padding past the vocabulary at NEG (so they are never the argmax and
     add exactly 0 to the sum of exponentials). Made once per call, outside the scan."""
-    weights = encoder.embeddings.word_embeddings.embedding[...].astype(encoder.dtype)
-    bias = encoder.mlm_head.bias[...].at[jnp.asarray(forbidden_ids)].set(NEG)
+    weights, bias = encoder.decoder()
+    weights, bias = weights.astype(encoder.dtype), bias.at[jnp.asarray(forbidden_ids)].set(NEG)
     pad = -len(bias) % chunk
     weights = jnp.pad(weights, ((0, pad), (0, 0))).reshape(-1, chunk, weights.shape[1])
     return weights, jnp.pad(bias, (0, pad), constant_values=NEG).reshape(-1, chunk)
@@ -389,8 +389,8 @@ def head_step(plan, encoder, decoder, hidden, candidates, size, gumbel_key, unif
         score = window_uniform if plan.remasking in ("random", "origin", "random_remask") else probability
         return slots, proposal, score
     # Sampling and full-softmax scores need the logits [B, K, V].
-    logits = matmul(features, encoder.embeddings.word_embeddings.embedding[...].T, encoder.dtype)
-    logits = logits + encoder.mlm_head.bias[...]
+    embedding, bias = encoder.decoder()
+    logits = matmul(features, embedding.T, encoder.dtype) + bias
     if plan.use_cfg:
         logits = guide(logits, cfg_scale)
     logits = logits.at[..., plan.forbidden_ids].set(NEG)

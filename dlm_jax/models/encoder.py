@@ -17,17 +17,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dlm_jax.models.config import EncoderConfig
+from dlm_jax.ops import matmul
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # names used by configs/CLI
 
 
 def _normal(rngs: nnx.Rngs, shape, std: float) -> nnx.Param:
     return nnx.Param(std * jax.random.normal(rngs.params(), shape, jnp.float32))
-
-
-def matmul(x: jax.Array, w: jax.Array, dtype) -> jax.Array:
-    """x @ w with inputs in the compute dtype and float32 accumulation and output."""
-    return jnp.matmul(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
 
 
 def activation(name: str):
@@ -214,8 +210,18 @@ class Encoder(nnx.Module):
                 x = layer(x, mask, self.dtype, self.attention)
         return x
 
+    def decoder(self):
+        """The tied vocabulary decoder: word embeddings [V, H] and the head's bias [V]."""
+        return self.embeddings.word_embeddings.embedding[...], self.mlm_head.bias[...]
+
     def logits_from_hidden(self, hidden):
-        return self.mlm_head(hidden, self.embeddings.word_embeddings.embedding[...], self.dtype)
+        return self.mlm_head(hidden, self.decoder()[0], self.dtype)
+
+    def head_inputs(self, input_ids, attention_mask=None):
+        """(head features [B, T, H], embeddings, bias): what ops.vocab_cross_entropy decodes, so a
+        loss over a few tokens never builds the [B, T, V] logits."""
+        features = self.mlm_head.features(self.encode(input_ids, attention_mask), self.dtype)
+        return (features, *self.decoder())
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
         hidden = self.encode(input_ids, attention_mask, token_type_ids, position_ids)
