@@ -229,31 +229,26 @@ def ratio_bucket(ratio) -> jax.Array:
     return jnp.clip(bucket, 0, NUM_BUCKETS - 1)
 
 
-def loss_terms(logits, input_ids, eligible, corruption: Corruption, objective: ObjectiveConfig):
+def loss_terms(ce, correct, eligible, corruption: Corruption, objective: ObjectiveConfig):
     """Per-row numerator and denominator of the loss, and metric sums.
 
-    numerator [B]: sum over scored tokens of weight * CE(logits, original token), in nats.
-    denominator [B]: scored tokens, or eligible tokens for elbo (then numerator / denominator
-    is the row's NELBO in nats per token). The loss is sum(numerator) / sum(denominator) over
-    the global batch and all microbatches.
-    metrics: sums to add up globally before dividing: ce, correct, tokens (scored tokens;
-    correct = the original token is the argmax, so a tie counts for the lowest id only and
-    uniform logits are not "correct" everywhere), and bucket_ce,
-    bucket_correct, bucket_tokens [NUM_BUCKETS] by the row's mask ratio.
+    ce, correct [B, L]: each scored token's cross-entropy in nats and whether its original
+    token is the argmax (a tie counts for the lowest id only, so uniform logits are not
+    "correct" everywhere); ops.vocab_cross_entropy computes both, 0 at unscored tokens.
+    numerator [B]: sum over scored tokens of weight * CE. denominator [B]: scored tokens, or
+    eligible tokens for elbo (then numerator / denominator is the row's NELBO in nats per
+    token). The loss is sum(numerator) / sum(denominator) over the global batch and all
+    microbatches. metrics: sums to add up globally before dividing: ce, correct, tokens (scored
+    tokens), and bucket_ce, bucket_correct, bucket_tokens [NUM_BUCKETS] by the row's mask ratio.
     """
-    logits = logits.astype(jnp.float32)
-    top = logits.max(-1)
-    log_normaliser = top + jnp.log(jnp.exp(logits - top[..., None]).sum(-1))
-    target_logit = jnp.take_along_axis(logits, input_ids[..., None].astype(jnp.int32), -1)[..., 0]
     scored = corruption.target_mask
-    ce = jnp.where(scored, log_normaliser - target_logit, 0.0)
-
+    ce = jnp.where(scored, ce, 0.0)
     numerator = (ce * corruption.weights).sum(-1)
     counted = eligible if objective.name == "elbo" else scored
     denominator = counted.sum(-1).astype(jnp.float32)
 
     row_ce = ce.sum(-1)
-    row_correct = (scored & (logits.argmax(-1) == input_ids)).sum(-1).astype(jnp.float32)
+    row_correct = (scored & correct).sum(-1).astype(jnp.float32)
     row_tokens = scored.sum(-1).astype(jnp.float32)
     bucket = jax.nn.one_hot(ratio_bucket(corruption.ratio), NUM_BUCKETS, dtype=jnp.float32)
     metrics = {

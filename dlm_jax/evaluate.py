@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dlm_jax import api, data, diffusion, sampling
+from dlm_jax import api, data, diffusion, ops, sampling
 from dlm_jax.errors import UserError
 
 RATIOS = tuple(round(0.1 * i, 1) for i in range(1, 11))
@@ -212,13 +212,21 @@ def _eligible(config, input_ids, prompt_mask, valid):
     return eligible & (jnp.arange(input_ids.shape[0]) < valid)[:, None]
 
 
+def _token_ce(model, corruption, input_ids, attention_mask):
+    """CE and correctness of the scored tokens, decoded without the [B, L, V] logits."""
+    features, embedding, bias = model.head_inputs(corruption.input_ids, attention_mask)
+    _, ce, correct = ops.vocab_cross_entropy(features, embedding, bias, input_ids, corruption.weights,
+                                             dtype=model.dtype)
+    return ce, correct
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "num_samples", "eps"))
 def _nelbo_batch(graphdef, params, keys, input_ids, prompt_mask, valid, *, num_samples, eps):
     """-> (elbo numerator averaged over the K draws [B], eligible tokens [B]).
 
     The K draws of one sequence have t stratified over (eps, 1] among themselves, and mask
     each eligible token with probability t (no forced token: that would bias the estimate);
-    the forward passes run one draw at a time to bound memory at one [B, L, V] logits array.
+    the forward passes run one draw at a time to bound memory.
     """
     model = nnx.merge(graphdef, params)
     config = model.config
@@ -234,8 +242,8 @@ def _nelbo_batch(graphdef, params, keys, input_ids, prompt_mask, valid, *, num_s
                                        mask_token_id=config.mask_token_id, force_one=False)
 
     def one_draw(_, draw):
-        logits = model(draw.input_ids, attention_mask)
-        numerator, _, _ = diffusion.loss_terms(logits, input_ids, eligible, draw, objective)
+        ce, correct = _token_ce(model, draw, input_ids, attention_mask)
+        numerator, _, _ = diffusion.loss_terms(ce, correct, eligible, draw, objective)
         return None, numerator
 
     by_draw = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), jax.vmap(draws)(keys, input_ids, eligible))
@@ -299,8 +307,8 @@ def _ratio_batch(graphdef, params, keys, input_ids, prompt_mask, valid, *, ratio
     ]
 
     def one_ratio(_, corruption):
-        logits = model(corruption.input_ids, attention_mask)
-        _, _, metrics = diffusion.loss_terms(logits, input_ids, eligible, corruption, objectives[0])
+        ce, correct = _token_ce(model, corruption, input_ids, attention_mask)
+        _, _, metrics = diffusion.loss_terms(ce, correct, eligible, corruption, objectives[0])
         return None, jnp.stack([metrics["ce"], metrics["correct"], metrics["tokens"]])
 
     _, sums = jax.lax.scan(one_ratio, None, jax.tree.map(lambda *x: jnp.stack(x), *by_ratio))

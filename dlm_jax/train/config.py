@@ -71,6 +71,9 @@ class TrainConfig:
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
     remat: bool = False
     attention: str | None = None  # jax.nn.dot_product_attention implementation
+    # Scored tokens decoded per iteration of the fused vocabulary cross-entropy (ops.py): the
+    # [chunk, vocab] logits block should stay in cache on CPU; accelerators like larger blocks.
+    loss_chunk_size: int = 256
     ema_decay: float | None = None  # None: no EMA of the parameters
     # Parallelism.
     mesh: MeshConfig = MeshConfig()
@@ -219,7 +222,7 @@ def validate(config: TrainConfig) -> None:
     for key, allowed in choices.items():
         if getattr(config, key) not in allowed:
             raise UserError(f"{key}={getattr(config, key)!r}; choose one of {', '.join(allowed)}")
-    positive = ("seq_len", "batch_size", "grad_accum_steps", "steps", "checkpoint_every",
+    positive = ("seq_len", "batch_size", "grad_accum_steps", "steps", "checkpoint_every", "loss_chunk_size",
                 "keep_checkpoints", "log_every")
     for key in positive:
         if getattr(config, key) < 1:

@@ -11,6 +11,7 @@ the same microbatch gradient function under `jax.shard_map` with explicit psums 
 data-parallel pmap recipe, now built on jit(shard_map)).
 """
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -19,7 +20,8 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from dlm_jax import diffusion
+from dlm_jax import diffusion, ops
+from dlm_jax.models import COMPUTE_DTYPES
 from dlm_jax.train.mesh import BATCH_AXES
 
 
@@ -53,21 +55,31 @@ def make_optimizer(config) -> optax.GradientTransformation:
     )
 
 
-def make_microbatch_grads(graphdef, model_config, objective):
+def make_microbatch_grads(graphdef, model_config, objective, cross_entropy):
     """(params, input_ids, corruption, eligible) -> (grads of summed numerator, sums).
 
-    The one copy of the loss: both parallelism modes call it."""
+    The one copy of the loss: both parallelism modes call it. `cross_entropy` is
+    ops.vocab_cross_entropy with its static arguments bound (sharded over the batch in mesh mode).
+    """
     pad_id = model_config.pad_token_id
 
     def numerator(params, input_ids, corruption, eligible):
         model = nnx.merge(graphdef, params)
-        logits = model(corruption.input_ids, attention_mask=input_ids != pad_id)
-        num, den, metrics = diffusion.loss_terms(logits, input_ids, eligible, corruption, objective)
-        sums = {"numerator": jnp.sum(num), "denominator": jnp.sum(den).astype(jnp.float32)}
+        features, embedding, bias = model.head_inputs(corruption.input_ids, attention_mask=input_ids != pad_id)
+        weighted, ce, correct = cross_entropy(features, embedding, bias, input_ids, corruption.weights)
+        _, den, metrics = diffusion.loss_terms(ce, correct, eligible, corruption, objective)
+        sums = {"numerator": weighted, "denominator": jnp.sum(den)}
         sums.update(metrics)
-        return sums["numerator"], sums
+        return weighted, sums
 
     return jax.grad(numerator, has_aux=True)
+
+
+def _varying(tree):
+    """Mark replicated values as differing per device inside shard_map (jax.lax.pcast), as
+    per-device gradients do; hand-written backward passes (ops.py) must return cotangents of
+    their inputs' type, so they only see varying inputs there."""
+    return jax.tree.map(lambda x: jax.lax.pcast(x, BATCH_AXES, to="varying"), tree)
 
 
 def make_train_step(config, graphdef, model_config, mesh, optimizer):
@@ -76,15 +88,30 @@ def make_train_step(config, graphdef, model_config, mesh, optimizer):
     accum = config.grad_accum_steps
     base_key = jax.random.key(config.seed)
     schedule = learning_rate_schedule(config)
-    microbatch_grads = make_microbatch_grads(graphdef, model_config, objective)
+    local_cross_entropy = functools.partial(
+        ops.vocab_cross_entropy, dtype=COMPUTE_DTYPES[config.dtype], chunk_size=config.loss_chunk_size
+    )
+    batch_spec = P(BATCH_AXES)
     if config.parallelism == "pmap":
-        per_device = microbatch_grads
+        per_device = make_microbatch_grads(graphdef, model_config, objective, local_cross_entropy)
         microbatch_grads = jax.shard_map(
-            lambda *args: jax.lax.psum(per_device(*args), BATCH_AXES),
+            lambda params, *batch: jax.lax.psum(per_device(_varying(params), *batch), BATCH_AXES),
             mesh=mesh,
-            in_specs=(P(), P(BATCH_AXES), P(BATCH_AXES), P(BATCH_AXES)),
+            in_specs=(P(), batch_spec, batch_spec, batch_spec),
             out_specs=P(),
         )
+    else:
+        # Each device decodes its own rows' scored tokens (their number differs per device,
+        # which GSPMD's global view cannot express); the decoder is gathered whole for it.
+        def local(features, embedding, bias, targets, weights):
+            weighted, ce, correct = local_cross_entropy(features, *_varying((embedding, bias)), targets, weights)
+            return jax.lax.psum(weighted, BATCH_AXES), ce, correct
+
+        sharded_cross_entropy = jax.shard_map(
+            local, mesh=mesh, in_specs=(batch_spec, P(), P(), batch_spec, batch_spec),
+            out_specs=(P(), batch_spec, batch_spec),
+        )
+        microbatch_grads = make_microbatch_grads(graphdef, model_config, objective, sharded_cross_entropy)
 
     def split(x):  # [B, ...] -> [accum, B / accum, ...]; microbatch i holds rows i, i + accum, ...
         x = x.reshape((x.shape[0] // accum, accum) + x.shape[1:]).swapaxes(0, 1)
