@@ -117,30 +117,31 @@ def _decode_scored(features, embedding, bias, targets, weights, dtype, chunk_siz
     decoder, decoder_t = embedding.astype(dtype), embedding.T.astype(dtype)
     rows = jnp.arange(chunk_size)
 
-    def body(carry):
-        i, total, ce, correct, d_x, d_decoder_bias = carry
+    def decode(i):
+        """Chunk i: (weighted CE sum, ce, correct, d x, d [embedding^T; bias])."""
         start = i * chunk_size
         x = jax.lax.dynamic_slice_in_dim(x_all, start, chunk_size)
         t = jax.lax.dynamic_slice_in_dim(t_all, start, chunk_size)
         w = jax.lax.dynamic_slice_in_dim(w_all, start, chunk_size)
-        logits = _dot(x, decoder_t) + bias
+        # The barrier keeps the max reduction out of the matmul's fusion (slower on CPU).
+        logits = jax.lax.optimization_barrier(_dot(x, decoder_t)) + bias
         top = logits.max(-1)
         exp = jnp.exp(logits - top[:, None])
         norm = exp.sum(-1)
         target_logit = logits[rows, t]
         token_ce = jnp.where(w != 0, top + jnp.log(norm) - target_logit, 0.0)
-        token_correct = (w != 0) & _is_first_argmax(logits, top, target_logit, t)
+        token_correct = (w != 0) & _is_first_argmax(logits, exp, top, target_logit, t)
         # d(sum w * ce) / d logits = w * (softmax - onehot(target))
-        d_logits = (exp * (w / norm)[:, None]).at[rows, t].add(-w)
-        d_logits_lowp = d_logits.astype(dtype)
-        return (
-            i + 1,
-            total + jnp.sum(w * token_ce),
-            jax.lax.dynamic_update_slice_in_dim(ce, token_ce, start, 0),
-            jax.lax.dynamic_update_slice_in_dim(correct, token_correct, start, 0),
-            jax.lax.dynamic_update_slice_in_dim(d_x, _dot(d_logits_lowp, decoder), start, 0),
-            d_decoder_bias + _dot(jax.lax.dynamic_slice_in_dim(x_ones_t, start, chunk_size, 1), d_logits_lowp),
-        )
+        d_logits = (exp * (w / norm)[:, None]).at[rows, t].add(-w).astype(dtype)
+        d_decoder_bias = _dot(_transposed_operand(x_ones_t, start, chunk_size), d_logits)
+        return jnp.sum(w * token_ce), token_ce, token_correct, _dot(d_logits, decoder), d_decoder_bias
+
+    def body(carry):
+        i, total, ce, correct, d_x, d_decoder_bias = carry
+        chunk_total, chunk_ce, chunk_correct, chunk_d_x, chunk_d_decoder_bias = decode(i)
+        put = lambda buffer, values: jax.lax.dynamic_update_slice_in_dim(buffer, values, i * chunk_size, 0)
+        return (i + 1, total + chunk_total, put(ce, chunk_ce), put(correct, chunk_correct),
+                put(d_x, chunk_d_x), d_decoder_bias + chunk_d_decoder_bias)
 
     # zeros_like keeps the inputs' type, including shard_map's per-device variance.
     init = (
@@ -158,13 +159,23 @@ def _decode_scored(features, embedding, bias, targets, weights, dtype, chunk_siz
     return total, restore(ce), restore(correct), grads
 
 
-def _is_first_argmax(logits, top, target_logit, targets):
+def _is_first_argmax(logits, exp, top, target_logit, targets):
     """argmax(logits) == targets, the lowest id winning ties, without argmax's slow reduction
-    in the common case: a target at the maximum is the argmax unless the maximum is tied."""
+    in the common case: a target at the maximum is the argmax unless the maximum is tied.
+    exp = exp(logits - top) is 1 at the maximum (and rounds to 1 for near-ties, which only sends
+    more rows down the exact path)."""
     at_max = target_logit >= top
-    tied = jnp.sum(logits == top[:, None], -1) > 1
+    tied = jnp.sum(jnp.where(exp >= 1.0, 1.0, 0.0), -1) > 1.5
     return jax.lax.cond(
         jnp.any(at_max & tied),
         lambda: at_max & (~tied | (jnp.argmax(logits, -1) == targets)),
         lambda: at_max,
     )
+
+
+def _transposed_operand(x_t, start, size):
+    """Columns start:start + size of x_t as a materialised row-major array. XLA folds a
+    transpose into the dot's dimension numbers when it can (here: when the slice is the whole
+    array), and its CPU backend has no bf16 x bf16 -> f32 kernel for a contraction over the
+    left operand's first axis ("Unsupported element type for DotThunk")."""
+    return jax.lax.optimization_barrier(jax.lax.dynamic_slice_in_dim(x_t, start, size, 1))

@@ -1,10 +1,14 @@
 """Train-step throughput: dlm-jax's jitted step vs a PyTorch AdamW step on transformers'
-RobertaForMaskedLM, same model config, same batch, same CPU, one run; float32 and bf16.
+RobertaForMaskedLM, same model config, same batch and masks, same CPU, one run; float32 and bf16.
 
     python scripts/bench_train.py [--hidden 256 --layers 4 --batch 8 --seq-len 128 --steps 5]
 
-MFU = (FLOPs per token from dlm_jax.train.metrics.flops_per_token x tokens/s) / the matmul
-ceiling measured here in the same dtype (bf16 inputs with float32 accumulation for bf16).
+Both sides train on the same masked batches: PyTorch gets the corruption our step draws
+(ratio_set, key fold_in(seed, step)). The two then compute the same loss; ours decodes only the
+scored tokens (ops.vocab_cross_entropy), RobertaForMaskedLM decodes every token. MFU = model
+FLOPs (dlm_jax.train.metrics.step_flops: encoder for every token, decoder for scored tokens, the
+same count for both) per second / the matmul ceiling measured here in the same dtype (bf16
+inputs with float32 accumulation for bf16). Times are medians over the timed steps.
 """
 
 import argparse
@@ -16,12 +20,12 @@ import numpy as np
 import torch
 from flax import nnx
 
+from dlm_jax import diffusion
 from dlm_jax.models import COMPUTE_DTYPES, Encoder, EncoderConfig
 from dlm_jax.train.config import MeshConfig, TrainConfig
 from dlm_jax.train.mesh import make_mesh
-from dlm_jax.train.metrics import flops_per_token, measure_matmul_tflops
+from dlm_jax.train.metrics import measure_matmul_tflops, step_flops
 from dlm_jax.train.step import TrainState, make_optimizer, make_train_step
-
 
 
 def torch_matmul_tflops(dtype, size=2048, repeats=3):
@@ -33,28 +37,55 @@ def torch_matmul_tflops(dtype, size=2048, repeats=3):
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e12
 
 
+def train_config(model_config, batch, dtype):
+    return TrainConfig(model=model_config, seq_len=batch.shape[1], batch_size=batch.shape[0],
+                       dtype=dtype, mesh=MeshConfig(data=1), warmup_steps=1, steps=1000)
+
+
+def corruptions(config, batch, steps):
+    """The (masked inputs, scored mask) of our step s = 0 .. steps - 1, as NumPy arrays."""
+    model = config.model
+    eligible = diffusion.eligible_positions(batch, np.zeros(batch.shape, bool), pad_id=model.pad_token_id,
+                                            special_ids=model.special_token_ids, prefix_len=0)
+    out = []
+    for step in range(steps):
+        key = jax.random.fold_in(jax.random.key(config.seed), step)
+        c = diffusion.corrupt(key, batch, eligible, config.objective, mask_token_id=model.mask_token_id,
+                              vocab_size=model.vocab_size)
+        out.append((np.asarray(c.input_ids), np.asarray(c.target_mask)))
+    return out
+
+
+def median_step_time(one_step, steps):
+    one_step(0)  # warm-up
+    times = []
+    for s in range(1, steps + 1):
+        start = time.perf_counter()
+        one_step(s)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
 def bench_jax(model_config, batch, dtype, steps):
-    config = TrainConfig(model=model_config, seq_len=batch.shape[1], batch_size=batch.shape[0],
-                         dtype=dtype, mesh=MeshConfig(data=1), warmup_steps=1, steps=1000)
+    config = train_config(model_config, batch, dtype)
     mesh = make_mesh(1, 1)
     optimizer = make_optimizer(config)
     model = Encoder(model_config, rngs=nnx.Rngs(0), dtype=COMPUTE_DTYPES[dtype])
     graphdef, params = nnx.split(model)
     params = nnx.to_pure_dict(params)
-    state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), None)
+    state = [TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), None)]
     step = jax.jit(make_train_step(config, graphdef, model_config, mesh, optimizer), donate_argnums=0)
     data = {"input_ids": jnp.asarray(batch), "prompt_mask": jnp.zeros(batch.shape, bool)}
-    compiled = step.lower(state, data).compile()
-    state, metrics = compiled(state, data)  # warm-up
-    jax.block_until_ready(metrics)
-    start = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = compiled(state, data)
-    jax.block_until_ready(metrics)
-    return (time.perf_counter() - start) / steps
+    compiled = step.lower(state[0], data).compile()
+
+    def one_step(_):
+        state[0], metrics = compiled(state[0], data)
+        jax.block_until_ready(metrics)
+
+    return median_step_time(one_step, steps)
 
 
-def bench_torch(model_config, batch, dtype, steps):
+def bench_torch(model_config, batch, dtype, masks):
     from transformers import RobertaConfig, RobertaForMaskedLM
 
     hf = RobertaConfig(vocab_size=model_config.vocab_size, hidden_size=model_config.hidden_size,
@@ -67,26 +98,18 @@ def bench_torch(model_config, batch, dtype, steps):
     model = RobertaForMaskedLM(hf).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
     ids = torch.as_tensor(batch, dtype=torch.long)
-    gen = torch.Generator().manual_seed(0)
 
-    def one_step():
-        # The same work as our step: a random mask ratio per row, masked input, CE on masked.
-        ratio = torch.rand(ids.shape[0], 1, generator=gen)
-        masked = torch.rand(ids.shape, generator=gen) < ratio
-        labels = torch.where(masked, ids, torch.full_like(ids, -100))
-        inputs = torch.where(masked, torch.full_like(ids, model_config.mask_token_id), ids)
+    def one_step(s):
+        inputs, scored = (torch.from_numpy(a.copy()) for a in masks[s])
+        labels = torch.where(scored, ids, torch.full_like(ids, -100))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
-            loss = model(input_ids=inputs, labels=labels).loss
+            loss = model(input_ids=inputs.long(), labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    one_step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        one_step()
-    return (time.perf_counter() - start) / steps
+    return median_step_time(one_step, len(masks) - 1)
 
 
 def main():
@@ -103,21 +126,24 @@ def main():
                                  intermediate_size=4 * args.hidden, max_position_embeddings=args.seq_len + 2,
                                  mask_token_id=args.vocab - 1)
     batch = np.random.default_rng(0).integers(4, args.vocab - 1, (args.batch, args.seq_len), dtype=np.int32)
-    tokens = batch.size
-    flops = flops_per_token(model_config, args.seq_len) * tokens
+    masks = corruptions(train_config(model_config, batch, "float32"), batch, args.steps + 1)
+    scored = float(np.mean([m.sum() for _, m in masks]))
+    flops = step_flops(model_config, args.seq_len, batch.size, scored)
     print(f"model hidden {args.hidden} x {args.layers} layers, vocab {args.vocab}; batch "
-          f"{args.batch} x {args.seq_len}; {jax.devices()[0].device_kind}, torch threads "
-          f"{torch.get_num_threads()}; FLOPs/step {flops:.3e}")
+          f"{args.batch} x {args.seq_len}, {scored:.0f} scored tokens per step on average; "
+          f"{jax.devices()[0].device_kind}, torch threads {torch.get_num_threads()}; model FLOPs/step {flops:.3e}")
     print("| dtype | matmul ceiling JAX / torch (TFLOP/s) | dlm-jax tok/s | MFU | PyTorch tok/s | MFU | speed-up |")
     print("|---|---|---|---|---|---|---|")
+    times = {}
     for dtype in ("float32", "bfloat16"):
         ceiling_jax = measure_matmul_tflops(COMPUTE_DTYPES[dtype])
         ceiling_torch = torch_matmul_tflops(getattr(torch, dtype))
-        t_jax = bench_jax(model_config, batch, dtype, args.steps)
-        t_torch = bench_torch(model_config, batch, dtype, args.steps)
-        print(f"| {dtype} | {ceiling_jax:.3f} / {ceiling_torch:.3f} | {tokens / t_jax:.0f} | "
-              f"{flops / t_jax / 1e12 / ceiling_jax:.1%} | {tokens / t_torch:.0f} | "
+        times[dtype] = t_jax, t_torch = bench_jax(model_config, batch, dtype, args.steps), bench_torch(
+            model_config, batch, dtype, masks)
+        print(f"| {dtype} | {ceiling_jax:.3f} / {ceiling_torch:.3f} | {batch.size / t_jax:.0f} | "
+              f"{flops / t_jax / 1e12 / ceiling_jax:.1%} | {batch.size / t_torch:.0f} | "
               f"{flops / t_torch / 1e12 / ceiling_torch:.1%} | {t_torch / t_jax:.2f}x |", flush=True)
+    print(f"dlm-jax bf16 vs PyTorch float32: {times['float32'][1] / times['bfloat16'][0]:.2f}x")
 
 
 if __name__ == "__main__":

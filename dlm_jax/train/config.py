@@ -73,7 +73,7 @@ class TrainConfig:
     attention: str | None = None  # jax.nn.dot_product_attention implementation
     # Scored tokens decoded per iteration of the fused vocabulary cross-entropy (ops.py): the
     # [chunk, vocab] logits block should stay in cache on CPU; accelerators like larger blocks.
-    loss_chunk_size: int = 256
+    loss_chunk_size: int = 128
     ema_decay: float | None = None  # None: no EMA of the parameters
     # Parallelism.
     mesh: MeshConfig = MeshConfig()
