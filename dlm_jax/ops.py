@@ -6,6 +6,10 @@ of the float32 cotangent with bf16 operands, which XLA's CPU backend runs on a s
 bf16 train step was slower than the float32 one). Here the cotangent is rounded to bf16 (what
 torch.autocast does) and both backward products are bf16 x bf16 with float32 accumulation;
 the residuals are the bf16 operands, half the memory of float32 ones.
+
+vocab_cross_entropy: the tied vocabulary decoder and the cross-entropy of the scored tokens in
+one chunked loop that never builds the [tokens, V] logits and skips unscored tokens, with its
+gradients computed on the way (see its docstring).
 """
 
 import functools
@@ -49,7 +53,7 @@ def _low_precision_matmul_bwd(dtype, residuals, g):
 _low_precision_matmul.defvjp(_low_precision_matmul_fwd, _low_precision_matmul_bwd)
 
 
-def vocab_cross_entropy(features, embedding, bias, targets, weights, *, dtype, chunk_size: int = 256):
+def vocab_cross_entropy(features, embedding, bias, targets, weights, *, dtype, chunk_size: int = 128):
     """The tied vocabulary decoder and cross-entropy in one pass, without the logits array.
 
     features [..., H] (the MLM head before its decoder), embedding [V, H], bias [V], targets
