@@ -29,4 +29,4 @@ def run(args):
     try:
         train(config, args.workdir)
     except OSError as err:
-        raise UserError(f"{err.filename or args.workdir}: {err.strerror}") from None
+        raise UserError(f"{err.filename or args.workdir}: {err.strerror or err}") from None

@@ -1,23 +1,60 @@
-"""Training checkpoints: WORKDIR/checkpoints/<step>/ through one Orbax CheckpointManager.
+"""Training workdirs, local or remote, and the checkpoints in them.
 
-Items: params, opt_state (and ema) as StandardSave trees, data (the iterator's JSON state) and
-meta (step and model config). Saves are asynchronous: Orbax copies the arrays to host memory
-before `save` returns (so the next step may donate them) and writes in the background. A step
-directory is only listed once finalized, so a save cut short by kill -9 is never restored.
+A workdir is an `etils.epath.Path`: a local directory or a URI such as gs://bucket/run (through
+gcsfs or TensorFlow's gfile, whichever is installed). `locally` gives code that only knows local
+files (HF tokenizers, the BPE trainer) a local directory to work in.
+
+Checkpoints: WORKDIR/checkpoints/<step>/ through one Orbax CheckpointManager (Orbax writes
+gs:// itself, through TensorStore). Items: params, opt_state (and ema) as StandardSave trees,
+data (the iterator's JSON state) and meta (step and model config). Saves are asynchronous:
+Orbax copies the arrays to host memory before `save` returns (so the next step may donate them)
+and writes in the background. A step directory is only listed once finalized, so a save cut
+short by kill -9 is never restored.
 """
 
+import contextlib
+import tempfile
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from dlm_jax.checkpoint import WORKDIR_CHECKPOINTS_DIR
 from dlm_jax.train.step import TrainState
 
 
-def checkpoint_manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
+def is_remote(path: epath.Path) -> bool:
+    return "://" in str(path)
+
+
+@contextlib.contextmanager
+def locally(directory: epath.Path, *, upload: bool):
+    """`directory` as a local pathlib.Path: itself when it is local; for a remote one, a
+    temporary directory holding a copy of its files, which are copied back when `upload` is set
+    and the block ends without an error."""
+    if not is_remote(directory):
+        yield Path(directory)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp)
+        if directory.is_dir():
+            for file in directory.iterdir():
+                if file.is_file():
+                    (local / file.name).write_bytes(file.read_bytes())
+        yield local
+        if upload:
+            directory.mkdir(parents=True, exist_ok=True)
+            # tokenizer.json goes last: its presence means "a complete tokenizer is here".
+            for file in sorted(local.iterdir(), key=lambda f: f.name == "tokenizer.json"):
+                (directory / file.name).write_bytes(file.read_bytes())
+
+
+def checkpoint_manager(workdir: epath.Path, keep: int) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
-    return ocp.CheckpointManager(Path(workdir).absolute() / WORKDIR_CHECKPOINTS_DIR, options=options)
+    directory = workdir / WORKDIR_CHECKPOINTS_DIR
+    # A URI counts as absolute; absolute() would turn gs://bucket/run into CWD/gs:/bucket/run.
+    return ocp.CheckpointManager(directory if directory.is_absolute() else directory.absolute(), options=options)
 
 
 def save(manager: ocp.CheckpointManager, state: TrainState, data_state: dict, meta: dict) -> None:

@@ -8,12 +8,12 @@ until they have passed.
 import dataclasses
 import signal
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
@@ -25,7 +25,7 @@ from dlm_jax.tokenizer import load_tokenizer, special_token_ids
 from dlm_jax.train import checkpointing
 from dlm_jax.train.config import TrainConfig, save_config
 from dlm_jax.train.mesh import batch_sharding, global_batch, make_mesh, param_shardings, replicated
-from dlm_jax.train.metrics import MetricsWriter, flops_per_token, peak_tflops, summarize
+from dlm_jax.train.metrics import MetricsWriter, peak_tflops, step_flops, summarize
 from dlm_jax.train.step import TrainState, make_optimizer, make_train_step
 
 
@@ -35,7 +35,7 @@ def _say(message: str) -> None:
         print(message, flush=True)
 
 
-def resolve_model(config: TrainConfig, workdir: Path):
+def resolve_model(config: TrainConfig, workdir: epath.Path):
     """-> (config with the real model, tokenizer, init params or None)."""
     if config.init is not None:
         from dlm_jax.api import load
@@ -51,10 +51,12 @@ def resolve_model(config: TrainConfig, workdir: Path):
     else:  # the workdir's own tokenizer, trained on the corpus by the first run (host 0)
         model_dir = workdir / WORKDIR_MODEL_DIR
         if jax.process_index() == 0:
-            tokenizer = data.tokenizer_for_run(_data_spec(config), model_dir, config.tokenizer_vocab_size)
+            with checkpointing.locally(model_dir, upload=True) as local:
+                tokenizer = data.tokenizer_for_run(_data_spec(config), local, config.tokenizer_vocab_size)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("dlm_jax tokenizer")
-            tokenizer = load_tokenizer(model_dir)
+            with checkpointing.locally(model_dir, upload=False) as local:
+                tokenizer = load_tokenizer(local)
     ids = special_token_ids(tokenizer)
     model = config.model.replace(vocab_size=len(tokenizer), pad_token_id=ids["pad"],
                                  mask_token_id=ids["mask"], bos_token_id=ids["bos"], eos_token_id=ids["eos"])
@@ -65,14 +67,15 @@ def _data_spec(config: TrainConfig) -> str:
     return config.data if config.data is not None else str(data.default_corpus())
 
 
-def check_workdir(workdir: Path, model: EncoderConfig, manager) -> int | None:
+def check_workdir(workdir: epath.Path, model: EncoderConfig, manager) -> int | None:
     """The step to resume from (None: fresh); UserError if it trained a different model."""
     step = manager.latest_step()
     if step is None:
         return None
     saved = checkpointing.read_meta(manager, step).get("model")
     if saved is None and (workdir / WORKDIR_MODEL_DIR / CONFIG_FILE).is_file():
-        saved = EncoderConfig.load(workdir / WORKDIR_MODEL_DIR).to_dict()
+        with checkpointing.locally(workdir / WORKDIR_MODEL_DIR, upload=False) as model_dir:
+            saved = EncoderConfig.load(model_dir).to_dict()
     if saved is not None and saved != model.to_dict():
         diff = sorted(k for k in saved if saved.get(k) != model.to_dict().get(k))
         raise UserError(
@@ -159,9 +162,47 @@ def compile_step(step_fn, abstract, state_shard, mesh, config):
     return compiled, flops
 
 
+class Preemption:
+    """Decides after each step whether SIGTERM (a preemption notice) asks to save and stop.
+
+    One process: a Python SIGTERM handler sets a flag. Several processes: all must stop after
+    the same step, or those that go on hang in the next step's collectives, and a SIGTERM may
+    reach only one of them. JAX's preemption sync point decides: `jax.distributed.initialize`
+    installs a C++ SIGTERM notifier (with jax_enable_preemption_service, on by default) that
+    posts the notice to the coordination service; every process then reports the step it is at
+    and all agree on the step after the furthest one. This works with CPU processes on
+    loopback (tests/test_preemption.py signals one of two). A Python handler would replace the
+    C++ one and keep the notice from ever leaving its process, so none is installed then.
+    """
+
+    def __init__(self, manager):
+        self.manager = manager
+        self.signal = None
+        self.previous = None
+        if jax.process_count() == 1:
+            self.previous = signal.signal(signal.SIGTERM, lambda signum, frame: setattr(self, "signal", signum))
+        elif not jax.config.jax_enable_preemption_service:
+            _say("warning: jax_enable_preemption_service is off: a SIGTERM ends this run without a checkpoint")
+
+    def reason_to_stop(self, step: int) -> str | None:
+        if jax.process_count() == 1:
+            return None if self.signal is None else f"received signal {self.signal}"
+        # Orbax's wrapper of multihost_utils.reached_preemption_sync_point: False, not an error,
+        # when the preemption service is off.
+        if self.manager.reached_preemption(step):
+            return (f"process {jax.process_index()} of {jax.process_count()}: "
+                    "a preemption notice (SIGTERM) reached a host")
+        return None
+
+    def close(self) -> None:
+        if jax.process_count() == 1:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
 def train(config: TrainConfig, workdir, *, stop_on_signal: bool = True) -> dict:
-    """Train (or resume) in `workdir`; returns the last logged metrics and the final step."""
-    workdir = Path(workdir)
+    """Train (or resume) in `workdir`, a local directory or a URI such as gs://bucket/run;
+    returns the last logged metrics and the final step."""
+    workdir = epath.Path(workdir)
     config, tokenizer, init_params = resolve_model(config, workdir)
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
     check_shapes(config, mesh.size)
@@ -176,10 +217,11 @@ def train(config: TrainConfig, workdir, *, stop_on_signal: bool = True) -> dict:
                                  process_index=jax.process_index(), process_count=jax.process_count())
     # Every user-facing check passed: now write the run's description.
     if jax.process_index() == 0:
-        (workdir / WORKDIR_MODEL_DIR).mkdir(parents=True, exist_ok=True)
+        with checkpointing.locally(workdir / WORKDIR_MODEL_DIR, upload=True) as model_dir:
+            model_dir.mkdir(parents=True, exist_ok=True)
+            config.model.save(model_dir)
+            tokenizer.save_pretrained(str(model_dir))
         save_config(config, workdir / "config.json")
-        config.model.save(workdir / WORKDIR_MODEL_DIR)
-        tokenizer.save_pretrained(str(workdir / WORKDIR_MODEL_DIR))
 
     optimizer = make_optimizer(config)
     graphdef, state, abstract, state_shard = init_state(config, config.model, mesh, optimizer, init_params)
@@ -192,17 +234,14 @@ def train(config: TrainConfig, workdir, *, stop_on_signal: bool = True) -> dict:
     compiled, xla_flops = compile_step(step_fn, abstract, state_shard, mesh, config)
     n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
     tokens_per_step = config.batch_size * config.seq_len
-    flops_per_step = flops_per_token(config.model, config.seq_len) * tokens_per_step
+    all_scored_flops = step_flops(config.model, config.seq_len, tokens_per_step, tokens_per_step)
     peak, peak_source = peak_tflops(config.peak_tflops, COMPUTE_DTYPES[config.dtype], mesh.size)
     _say(f"model {n_params / 1e6:.2f}M parameters; {mesh.size} devices {dict(mesh.shape)} "
-         f"({config.parallelism}); {tokens_per_step} tokens/step; formula FLOPs/step "
-         f"{flops_per_step:.3e}; peak {peak:.3f} TFLOP/s ({peak_source})")
+         f"({config.parallelism}); {tokens_per_step} tokens/step; model FLOPs/step "
+         f"{all_scored_flops:.3e} if every token were scored; peak {peak:.3f} TFLOP/s ({peak_source})")
 
     meta = {"model": config.model.to_dict()}
-    stop = {"signal": None}
-    previous = None
-    if stop_on_signal:
-        previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+    preemption = Preemption(manager) if stop_on_signal else None
     writer = MetricsWriter(workdir, resume_step or 0, enabled=jax.process_index() == 0)
     step = resume_step or 0
     last_saved = resume_step
@@ -244,24 +283,27 @@ def train(config: TrainConfig, workdir, *, stop_on_signal: bool = True) -> dict:
                 step_time = elapsed / interval_steps
                 record["step_time"] = step_time
                 record["tokens_per_s"] = tokens_per_step / step_time
-                record["tflops"] = flops_per_step / step_time / 1e12
+                # Model FLOPs of the logged step (its scored tokens) over the interval's mean time.
+                flops = step_flops(config.model, config.seq_len, tokens_per_step, record["scored_tokens"])
+                record["tflops"] = flops / step_time / 1e12
                 record["mfu"] = record["tflops"] / peak
                 writer.write(record)
                 _say(progress_line(record, config.steps))
                 interval_start, interval_steps = time.perf_counter(), 0
             if step % config.checkpoint_every == 0 or step == config.steps:
                 save()
-            if stop["signal"] is not None:
+            reason = preemption.reason_to_stop(step) if preemption is not None else None
+            if reason is not None:
                 if last_saved != step:
                     save()
-                _say(f"received signal {stop['signal']}: saved step {step}, exiting")
+                print(f"{reason}: saved step {step}, exiting", flush=True)
                 break
     finally:
         manager.wait_until_finished()
         manager.close()
         writer.close()
-        if stop_on_signal:
-            signal.signal(signal.SIGTERM, previous)
+        if preemption is not None:
+            preemption.close()
     record["step"] = step
     record["xla_flops_per_step"] = xla_flops
     return record
