@@ -104,8 +104,7 @@ _weighted_sum.defvjp(_weighted_sum_fwd, _weighted_sum_bwd)
 def _decode_scored(features, embedding, bias, targets, weights, dtype, chunk_size):
     """Loss, per-token ce and correct, and the loss's gradients, over the tokens with weight != 0."""
     features, embedding, bias, weights = jax.lax.stop_gradient((features, embedding, bias, weights))
-    n, hidden = features.shape
-    vocab = embedding.shape[0]
+    n = features.shape[0]
     scored = weights != 0
     count = jnp.sum(scored)
     order = jnp.argsort(~scored, stable=True)  # scored tokens first, in their original order
@@ -121,8 +120,8 @@ def _decode_scored(features, embedding, bias, targets, weights, dtype, chunk_siz
     decoder, decoder_t = embedding.astype(dtype), embedding.T.astype(dtype)
     rows = jnp.arange(chunk_size)
 
-    def decode(i):
-        """Chunk i: (weighted CE sum, ce, correct, d x, d [embedding^T; bias])."""
+    def body(carry):
+        i, total, ce, correct, d_x, d_decoder_bias = carry
         start = i * chunk_size
         x = jax.lax.dynamic_slice_in_dim(x_all, start, chunk_size)
         t = jax.lax.dynamic_slice_in_dim(t_all, start, chunk_size)
@@ -137,15 +136,15 @@ def _decode_scored(features, embedding, bias, targets, weights, dtype, chunk_siz
         token_correct = (w != 0) & _is_first_argmax(logits, exp, top, target_logit, t)
         # d(sum w * ce) / d logits = w * (softmax - onehot(target))
         d_logits = (exp * (w / norm)[:, None]).at[rows, t].add(-w).astype(dtype)
-        d_decoder_bias = _dot(_transposed_operand(x_ones_t, start, chunk_size), d_logits)
-        return jnp.sum(w * token_ce), token_ce, token_correct, _dot(d_logits, decoder), d_decoder_bias
-
-    def body(carry):
-        i, total, ce, correct, d_x, d_decoder_bias = carry
-        chunk_total, chunk_ce, chunk_correct, chunk_d_x, chunk_d_decoder_bias = decode(i)
-        put = lambda buffer, values: jax.lax.dynamic_update_slice_in_dim(buffer, values, i * chunk_size, 0)
-        return (i + 1, total + chunk_total, put(ce, chunk_ce), put(correct, chunk_correct),
-                put(d_x, chunk_d_x), d_decoder_bias + chunk_d_decoder_bias)
+        put = lambda buffer, values: jax.lax.dynamic_update_slice_in_dim(buffer, values, start, 0)
+        return (
+            i + 1,
+            total + jnp.sum(w * token_ce),
+            put(ce, token_ce),
+            put(correct, token_correct),
+            put(d_x, _dot(d_logits, decoder)),
+            d_decoder_bias + _dot(_transposed_operand(x_ones_t, start, chunk_size), d_logits),
+        )
 
     # zeros_like keeps the inputs' type, including shard_map's per-device variance.
     init = (
