@@ -1,11 +1,10 @@
 """`dlm_jax.load(path)`: any checkpoint a user has -> a model ready to score text.
 
 `path` may be our model directory, a training workdir (its latest checkpoint) or a HuggingFace
-BERT/RoBERTa directory, converted in memory on the fly.
+BERT/RoBERTa/ModernBERT directory, converted in memory on the fly.
 """
 
 from functools import partial
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -13,8 +12,8 @@ import numpy as np
 from flax import nnx
 
 from dlm_jax.errors import UserError
-from dlm_jax.models import COMPUTE_DTYPES, Encoder, EncoderConfig
-
+from dlm_jax.models import EncoderConfig
+from dlm_jax.models.params import encoder_with_params
 
 
 @partial(jax.jit, static_argnums=0)
@@ -25,11 +24,11 @@ def _logits(graphdef, state, input_ids, attention_mask):
 class Model:
     """An encoder with its weights, config and tokenizer.
 
-    `.encoder` is the nnx Encoder; `.logits(ids, mask)` runs its jitted forward (compiled once per
+    `.encoder` is the nnx encoder; `.logits(ids, mask)` runs its jitted forward (compiled once per
     input shape) after checking the ids on the host, since JAX clamps out-of-range gathers.
     """
 
-    def __init__(self, config: EncoderConfig, encoder: Encoder, tokenizer=None):
+    def __init__(self, config: EncoderConfig, encoder, tokenizer=None):
         self.config = config
         self.encoder = encoder
         self.tokenizer = tokenizer
@@ -56,33 +55,9 @@ class Model:
         return np.asarray(out, dtype=np.float32)
 
 
-def build_encoder(config: EncoderConfig, params: dict, *, dtype="float32") -> Encoder:
-    """An Encoder holding `params` (pure dict) and computing in `dtype`."""
-    if dtype not in COMPUTE_DTYPES:
-        raise UserError(f"dtype {dtype!r} is not supported; use one of {', '.join(COMPUTE_DTYPES)}")
-    encoder = nnx.eval_shape(lambda: Encoder(config, rngs=nnx.Rngs(0), dtype=COMPUTE_DTYPES[dtype]))
-    state = nnx.state(encoder, nnx.Param)
-    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
-    nnx.update(encoder, state)
-    return encoder
-
-
 def load(path, *, dtype: str = "float32", step: int | None = None) -> Model:
     """Our model dir, a training workdir (latest checkpoint, or `step`) or a HF dir -> Model."""
-    from dlm_jax import checkpoint
+    from dlm_jax.checkpoint import read_any
 
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path} does not exist; pass a model directory, a training workdir or a HF directory")
-    if checkpoint.is_model_dir(path) or checkpoint.is_workdir(path):
-        config, params, tokenizer = checkpoint.load_any(path, step)
-    elif (path / "config.json").is_file():
-        from dlm_jax.convert import convert_hf_dir
-
-        config, params, tokenizer, _ = convert_hf_dir(path)
-    else:
-        raise UserError(
-            f"{path} is not a dlm-jax model directory, a training workdir or a HuggingFace directory "
-            "(none of dlm_config.json + params/, model/ + checkpoints/, config.json found)"
-        )
-    return Model(config, build_encoder(config, params, dtype=dtype), tokenizer)
+    config, params, tokenizer = read_any(path, step)
+    return Model(config, encoder_with_params(config, params, dtype=dtype), tokenizer)

@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 
 from dlm_jax.errors import UserError
 from dlm_jax.models import CONFIG_FILE, EncoderConfig
+from dlm_jax.models.params import abstract_params, with_int_keys
 from dlm_jax.tokenizer import load_tokenizer
 
 PARAMS_DIR = "params"
@@ -36,13 +37,6 @@ def is_workdir(path) -> bool:
     return (path / WORKDIR_MODEL_DIR / CONFIG_FILE).is_file() and (path / WORKDIR_CHECKPOINTS_DIR).is_dir()
 
 
-def _int_keys(tree):
-    """Orbax hands dict keys back as strings; layer indices are ints in the encoder's tree."""
-    if not isinstance(tree, dict):
-        return tree
-    return {int(k) if isinstance(k, str) and k.isdigit() else k: _int_keys(v) for k, v in tree.items()}
-
-
 def _float32(params):
     return jax.tree.map(lambda x: x if x.dtype == np.float32 else x.astype(np.float32), params)
 
@@ -50,14 +44,7 @@ def _float32(params):
 def local_target(config: EncoderConfig) -> dict:
     """The float32 parameter tree of `config` as ShapeDtypeStructs on this process's first device:
     a restore target that does not depend on the devices that saved the checkpoint."""
-    from flax import nnx
-
-    from dlm_jax.models import Encoder
-
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    encoder = nnx.eval_shape(lambda: Encoder(config, rngs=nnx.Rngs(0)))
-    shapes = nnx.to_pure_dict(nnx.state(encoder, nnx.Param))
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, np.float32, sharding=device), shapes)
+    return abstract_params(config, sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
 
 
 def save_model(directory, config: EncoderConfig, params: dict, tokenizer=None) -> Path:
@@ -83,7 +70,7 @@ def load_model_dir(directory, target=None):
         params = ocp.StandardCheckpointer().restore(directory / PARAMS_DIR, target or local_target(config))
     except (ValueError, FileNotFoundError, KeyError) as err:
         raise UserError(f"cannot restore {directory / PARAMS_DIR} ({err}); re-convert or re-save it") from None
-    return config, _int_keys(params), load_tokenizer(directory, required=False)
+    return config, with_int_keys(params), load_tokenizer(directory, required=False)
 
 
 def load_params_from_workdir(workdir, step: int | None = None, target=None) -> dict:
@@ -106,7 +93,7 @@ def load_params_from_workdir(workdir, step: int | None = None, target=None) -> d
         restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
     finally:
         manager.close()
-    return _int_keys(restored["params"])
+    return with_int_keys(restored["params"])
 
 
 def load_workdir(workdir, step: int | None = None, target=None):
@@ -116,13 +103,22 @@ def load_workdir(workdir, step: int | None = None, target=None):
     return config, load_params_from_workdir(workdir, step, target), load_tokenizer(model_dir, required=False)
 
 
-def load_any(path, step: int | None = None):
-    """Our model dir or a training workdir -> (config, params, tokenizer); UserError otherwise."""
+def read_any(path, step: int | None = None):
+    """Our model dir, a training workdir (its latest checkpoint, or `step`) or a HuggingFace
+    directory (converted in memory) -> (config, params pure dict, tokenizer or None)."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"{path} does not exist; pass a dlm-jax model directory or training workdir")
+        raise UserError(f"{path} does not exist; pass a model directory, a training workdir or a HF directory")
     if is_model_dir(path):
         return load_model_dir(path)
     if is_workdir(path):
         return load_workdir(path, step)
-    raise UserError(f"{path} is neither a dlm-jax model directory ({CONFIG_FILE} + {PARAMS_DIR}/) nor a training workdir")
+    if (path / "config.json").is_file() or (path / "modules.json").is_file():
+        from dlm_jax.convert import convert_hf_dir
+
+        config, params, tokenizer, _ = convert_hf_dir(path)
+        return config, params, tokenizer
+    raise UserError(
+        f"{path} is not a dlm-jax model directory, a training workdir or a HuggingFace directory "
+        f"(none of {CONFIG_FILE} + {PARAMS_DIR}/, {WORKDIR_MODEL_DIR}/ + {WORKDIR_CHECKPOINTS_DIR}/, config.json found)"
+    )

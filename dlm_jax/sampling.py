@@ -244,16 +244,10 @@ def step_tables(plan: Plan, prompt_masks: np.ndarray, schedule: str):
 # Device side: pure functions of (params, arrays); `Plan` is static.
 
 
-def position_ids(attention_mask, config):
-    """Positions counted over real tokens only, so left padding shifts nothing (BERT included)."""
-    counted = jnp.cumsum(attention_mask, axis=1) - 1
-    return jnp.maximum(counted, 0) + config.position_offset
-
-
 def encode_canvas(encoder, canvas, attention_mask, prompt_mask, use_cfg, mask_id):
     """Final hidden states [B, L, H]; with guidance [2B, L, H]: the canvas, then the same rows
     with the prompt replaced by masks (LLaDA's unconditional pass), in one forward."""
-    positions = position_ids(attention_mask, encoder.config)
+    positions = encoder.position_ids(canvas, attention_mask)
     if use_cfg:
         uncond = jnp.where(prompt_mask, mask_id, canvas)
         canvas, attention_mask, positions = (jnp.concatenate([a, a if a is not canvas else uncond])
@@ -279,7 +273,7 @@ def vocab_chunks(encoder, forbidden_ids, chunk):
     """The decoder as [n, chunk, H] weights in the compute dtype and [n, chunk] float32 bias, with
     forbidden ids and the padding past the vocabulary at NEG (so they are never the argmax and
     add exactly 0 to the sum of exponentials). Made once per call, outside the scan."""
-    weights, bias = encoder.decoder()
+    weights, bias = encoder.vocab_decoder()
     weights, bias = weights.astype(encoder.dtype), bias.at[jnp.asarray(forbidden_ids)].set(NEG)
     pad = -len(bias) % chunk
     weights = jnp.pad(weights, ((0, pad), (0, 0))).reshape(-1, chunk, weights.shape[1])
@@ -380,16 +374,14 @@ def head_step(plan, encoder, decoder, hidden, candidates, size, gumbel_key, unif
     temperature, top_p, cfg_scale, _ = knobs
     slots = jnp.argsort(~candidates, axis=1, stable=True)[:, :size]
     rows = jnp.tile(slots, (2, 1)) if plan.use_cfg else slots
-    features = encoder.mlm_head.features(
-        jnp.take_along_axis(hidden, rows[..., None], axis=1), encoder.dtype
-    )
+    features = encoder.head_features(jnp.take_along_axis(hidden, rows[..., None], axis=1))
     window_uniform = jnp.take_along_axis(uniform, slots, axis=1)
     if plan.greedy_scores:
         proposal, probability = greedy_head(features, decoder, cfg_scale, plan.use_cfg)
         score = window_uniform if plan.remasking in ("random", "origin", "random_remask") else probability
         return slots, proposal, score
     # Sampling and full-softmax scores need the logits [B, K, V].
-    embedding, bias = encoder.decoder()
+    embedding, bias = encoder.vocab_decoder()
     logits = matmul(features, embedding.T, encoder.dtype) + bias
     if plan.use_cfg:
         logits = guide(logits, cfg_scale)

@@ -1,10 +1,18 @@
-"""Loading a HuggingFace tokenizer from a directory, and the special ids diffusion needs.
+"""Loading a HuggingFace tokenizer from a directory, encoding text with it, and the special ids
+diffusion needs.
 
-The one place that knows the transformers 5 traps: a directory holding only BERT's vocab.txt
-cannot be read by AutoTokenizer, and BERT's [CLS]/[SEP] play the roles of RoBERTa's <s>/</s>.
+The one place that knows the tokenizer traps:
+- a directory holding only BERT's vocab.txt cannot be read by AutoTokenizer;
+- BERT's [CLS]/[SEP] play the roles of RoBERTa's <s>/</s>;
+- many tokenizer.json files carry their own `truncation` and `padding` (sentence-transformers'
+  all-MiniLM-L6-v2: max_length 128, Fixed 128). The Rust backend applies both to every
+  `encode`/`encode_batch`, silently cutting each text to 128 tokens, until some HF `__call__`
+  happens to reset them. `encode_texts` is the one way dlm-jax turns text into ids: it uses a
+  copy of the backend with both switched off, so no tokenizer setting can change the data.
 Training a tokenizer on a corpus lives in `data` (it reads corpora).
 """
 
+import weakref
 from pathlib import Path
 
 from dlm_jax.errors import UserError
@@ -50,3 +58,33 @@ def special_token_ids(tokenizer) -> dict:
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
     return {"bos": bos, "eos": eos, "pad": tokenizer.pad_token_id, "mask": tokenizer.mask_token_id}
+
+
+_PLAIN_BACKENDS = weakref.WeakKeyDictionary()  # tokenizer -> its backend without truncation/padding
+
+
+def plain_backend(tokenizer):
+    """A copy of `tokenizer`'s Rust backend with its own truncation and padding switched off (the
+    tokenizer itself is left as it is). Made once per tokenizer object."""
+    backend = _PLAIN_BACKENDS.get(tokenizer)
+    if backend is None:
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        backend.no_truncation()
+        backend.no_padding()
+        _PLAIN_BACKENDS[tokenizer] = backend
+    return backend
+
+
+def encode_texts(tokenizer, texts) -> list[list[int]]:
+    """Token ids of each text, without special tokens and whole: never truncated or padded."""
+    return [e.ids for e in plain_backend(tokenizer).encode_batch(list(texts), add_special_tokens=False)]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of what the tokenizer does to text (vocabulary, merges, normalisation), ignoring its
+    truncation and padding settings, which HF's `__call__` resets as a side effect."""
+    import hashlib
+
+    return hashlib.sha256(plain_backend(tokenizer).to_str().encode()).hexdigest()

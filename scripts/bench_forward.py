@@ -55,7 +55,7 @@ def main():
     import transformers
     from flax import nnx
 
-    from dlm_jax.api import build_encoder
+    from dlm_jax.models.params import encoder_with_params
     from dlm_jax.convert import encoder_config_from_hf, params_from_hf
 
     if args.single_thread:
@@ -88,7 +88,7 @@ def main():
     ids_j, mask_j = jnp.asarray(ids), jnp.asarray(mask)
     fns = {"pytorch float32": torch_forward}
     for dtype in ("float32", "bfloat16"):
-        graphdef, state = nnx.split(build_encoder(config, params, dtype=dtype))
+        graphdef, state = nnx.split(encoder_with_params(config, params, dtype=dtype))
         run = lambda graphdef=graphdef, state=state: forward(graphdef, state, ids_j, mask_j).block_until_ready()
         error = float(np.abs(np.asarray(run()) - reference).max())
         print(f"dlm-jax {dtype}: max |logits - pytorch| = {error:.2e}")

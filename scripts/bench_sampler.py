@@ -31,7 +31,8 @@ import transformers
 from flax import nnx
 
 from dlm_jax import sampling
-from dlm_jax.api import Model, build_encoder
+from dlm_jax.api import Model
+from dlm_jax.models.params import encoder_with_params
 from dlm_jax.convert import encoder_config_from_hf, params_from_hf
 
 SHAPES = {
@@ -94,7 +95,7 @@ def bench_shape(name, steps, dtypes, repeats):
     ids = jnp.asarray(canvas.numpy(), jnp.int32)
     contenders, compile_s = {}, {}
     for dtype in dtypes:
-        model = Model(config, build_encoder(config, params, dtype=dtype))
+        model = Model(config, encoder_with_params(config, params, dtype=dtype))
         run = lambda model=model: sampling.generate(model, prompts, gen_length=GEN, steps=steps)
         compile_s[dtype], _ = timed(run)
         graphdef, state = nnx.split(model.encoder)

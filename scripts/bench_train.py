@@ -21,7 +21,8 @@ import torch
 from flax import nnx
 
 from dlm_jax import diffusion
-from dlm_jax.models import COMPUTE_DTYPES, Encoder, EncoderConfig
+from dlm_jax.models import COMPUTE_DTYPES, EncoderConfig
+from dlm_jax.models.params import new_encoder
 from dlm_jax.train.config import MeshConfig, TrainConfig
 from dlm_jax.train.mesh import make_mesh
 from dlm_jax.train.metrics import measure_matmul_tflops, step_flops
@@ -70,7 +71,7 @@ def bench_jax(model_config, batch, dtype, steps):
     config = train_config(model_config, batch, dtype)
     mesh = make_mesh(1, 1)
     optimizer = make_optimizer(config)
-    model = Encoder(model_config, rngs=nnx.Rngs(0), dtype=COMPUTE_DTYPES[dtype])
+    model = new_encoder(model_config, dtype=dtype)
     graphdef, params = nnx.split(model)
     params = nnx.to_pure_dict(params)
     state = [TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), None)]

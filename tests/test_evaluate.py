@@ -8,12 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from dlm_jax import diffusion, evaluate
 from dlm_jax.errors import UserError
 from dlm_jax.models.config import EncoderConfig
-from dlm_jax.models.encoder import Encoder
+from dlm_jax.models.params import new_encoder
 
 TINY = EncoderConfig(
     model_type="roberta", vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
@@ -36,12 +35,12 @@ def tiny_dataset(num=5, seed=0, config=TINY):
 
 @pytest.fixture(scope="module")
 def encoder():
-    return Encoder(TINY, rngs=nnx.Rngs(0))
+    return new_encoder(TINY, seed=0)
 
 
 def uniform_encoder():
     """Zero the MLM head's LayerNorm and bias: every position's logits are exactly 0."""
-    model = Encoder(TINY, rngs=nnx.Rngs(1))
+    model = new_encoder(TINY, seed=1)
     head = model.mlm_head
     for param in (head.layer_norm.scale, head.layer_norm.bias, head.bias):
         param[...] = jnp.zeros_like(param[...])

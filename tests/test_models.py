@@ -11,7 +11,7 @@ import pytest
 import torch
 from helpers_hf import hf_model
 
-from dlm_jax.api import build_encoder
+from dlm_jax.models.params import encoder_with_params
 from dlm_jax.convert import encoder_config_from_hf, params_from_hf
 
 TOL = 1e-5
@@ -32,7 +32,7 @@ def pair(request):
     assert not report.unmatched and not report.initialised
     batch = tokenizer(TEXTS, padding=True, return_tensors="np")
     assert batch["attention_mask"].min() == 0  # ragged: some rows are padded
-    return hf, build_encoder(config, params), batch["input_ids"], batch["attention_mask"]
+    return hf, encoder_with_params(config, params), batch["input_ids"], batch["attention_mask"]
 
 
 def hf_run(hf, ids, mask):
@@ -49,7 +49,7 @@ def test_embeddings_match_hf(pair):
     hf, encoder, ids, mask = pair
     out = hf_run(hf, ids, mask)
     ids_j, mask_j = jnp.asarray(ids), jnp.asarray(mask)
-    positions = encoder.default_position_ids(ids_j, mask_j)
+    positions = encoder.position_ids(ids_j, mask_j)
     ours = encoder.embeddings(ids_j, positions, jnp.zeros_like(ids_j))
     assert max_err(ours, out.hidden_states[0], mask) <= TOL
 
@@ -108,7 +108,7 @@ def test_training_follows_pytorch_step_for_step():
     config = encoder_config_from_hf(hf.config.to_dict(), tokenizer)
     tensors = {k: v.detach().numpy().copy() for k, v in hf.state_dict().items()}
     params, _ = params_from_hf(tensors, config)
-    graphdef, state = nnx.split(build_encoder(config, params))
+    graphdef, state = nnx.split(encoder_with_params(config, params))
     optimizer = optax.adamw(1e-3, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01)
     opt_state = optimizer.init(state)
     hf.config.hidden_dropout_prob = hf.config.attention_probs_dropout_prob = 0.0

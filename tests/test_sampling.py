@@ -7,11 +7,11 @@ import types
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 
 from dlm_jax import sampling
 from dlm_jax.errors import UserError
-from dlm_jax.models import Encoder, EncoderConfig
+from dlm_jax.models import EncoderConfig
+from dlm_jax.models.params import new_encoder
 from sampler_reference import reference_generate, schedule_counts
 
 MASK, EOS = 95, 2
@@ -27,7 +27,7 @@ def tiny_model(model_type="roberta", seed=0):
         mask_token_id=MASK, bos_token_id=0 if model_type == "roberta" else 3, eos_token_id=EOS,
         layer_norm_eps=1e-5,
     )
-    encoder = Encoder(config, rngs=nnx.Rngs(seed))
+    encoder = new_encoder(config, seed=seed)
     embedding = encoder.embeddings.word_embeddings.embedding
     embedding[...] = embedding[...] * 25
     return types.SimpleNamespace(config=config, encoder=encoder, tokenizer=None)

@@ -66,11 +66,11 @@ def run_convert(args):
 
 
 def run_export(args):
-    from dlm_jax.checkpoint import load_any
+    from dlm_jax.checkpoint import read_any
     from dlm_jax.convert import export_hf
 
     _check_out_dir(args.hf_dir, args.force)
-    config, params, tokenizer = load_any(args.ckpt_dir, args.step)
+    config, params, tokenizer = read_any(args.ckpt_dir, args.step)
     _write_then_move(args.hf_dir, lambda d: export_hf(d, config, params, tokenizer))
     print(f"exported {args.ckpt_dir} -> {args.hf_dir} ({config.model_type}, loads with "
           "transformers.AutoModelForMaskedLM / AutoTokenizer)")

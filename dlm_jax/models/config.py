@@ -1,9 +1,9 @@
 """The encoder's configuration: one frozen dataclass for every BERT-family model.
 
-Field names follow HuggingFace's `config.json` so a config converts by copying keys. What
-differs between families (RoBERTa's position offset, LayerNorm eps) is data here, not code in
-the model, so a new family (ALBERT, DistilBERT, ELECTRA, ModernBERT) adds fields with defaults
-that leave BERT and RoBERTa unchanged.
+Field names follow HuggingFace's `config.json` so a config converts by a table (convert.py).
+What differs between families is data here, not code in the models: RoBERTa's position
+offset, LayerNorm eps, and ModernBERT's layer types, rotary bases, window and biases, with
+defaults that leave BERT and RoBERTa unchanged.
 """
 
 import dataclasses
@@ -12,8 +12,13 @@ from pathlib import Path
 
 from dlm_jax.errors import UserError
 
-SUPPORTED_MODEL_TYPES = ("bert", "roberta")
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "modernbert")
+LAYER_TYPES = ("full_attention", "sliding_attention")  # ModernBERT's global and local attention
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu")
 CONFIG_FILE = "dlm_config.json"
+# HF's default pattern when a ModernBERT config names no layer_types: every third layer,
+# starting with the first, attends globally.
+GLOBAL_ATTENTION_EVERY = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,19 +29,33 @@ class EncoderConfig:
     num_hidden_layers: int = 12
     num_attention_heads: int = 12
     intermediate_size: int = 3072
+    # BERT/RoBERTa: rows of the learned position table; ModernBERT: the longest sequence.
     max_position_embeddings: int = 514
     type_vocab_size: int = 1
     layer_norm_eps: float = 1e-5
     hidden_act: str = "gelu"
     # Std of the normal init of every weight matrix and embedding (HF's name). HF's 0.02 suits
-    # width 768; small models trained from scratch need about 1/sqrt(hidden_size), or attention
-    # stays uniform for thousands of steps (see docs/training.md).
+    # width 768; small post-LN models trained from scratch need about 1/sqrt(hidden_size), or
+    # attention stays uniform for thousands of steps (see docs/training.md).
     initializer_range: float = 0.02
     pad_token_id: int = 1
     # Special tokens the diffusion code needs; None when the tokenizer does not define one.
     mask_token_id: int | None = 50264
     bos_token_id: int | None = 0  # <s> / [CLS]
     eos_token_id: int | None = 2  # </s> / [SEP]
+    # ModernBERT only (HF ModernBertConfig's names). BERT and RoBERTa always have biases,
+    # learned absolute positions and a tied decoder, so these fields do not apply to them.
+    layer_types: tuple[str, ...] | None = None  # per layer: full_attention | sliding_attention
+    local_attention: int = 128  # sliding layers: a query sees keys within local_attention // 2
+    global_rope_theta: float = 160000.0  # rotary base of full_attention layers
+    local_rope_theta: float = 10000.0  # rotary base of sliding_attention layers
+    norm_bias: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    classifier_bias: bool = False  # the MLM head's dense layer
+    classifier_activation: str = "gelu"  # the MLM head's activation
+    decoder_bias: bool = True
+    tie_word_embeddings: bool = True
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -49,8 +68,43 @@ class EncoderConfig:
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
                 f"{self.num_attention_heads}; fix the config"
             )
-        if self.hidden_act not in ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu"):
-            raise UserError(f"hidden_act {self.hidden_act!r} is not supported; use gelu")
+        for name in ("hidden_act", "classifier_activation"):
+            if getattr(self, name) not in ACTIVATIONS:
+                raise UserError(f"{name} {getattr(self, name)!r} is not supported; use one of {', '.join(ACTIVATIONS)}")
+        if self.model_type == "modernbert":
+            self._check_modernbert()
+        elif self.layer_types is not None:
+            raise UserError(f"layer_types is a ModernBERT setting; a {self.model_type} config must not set it")
+
+    def _check_modernbert(self):
+        layers = self.layer_types
+        if layers is None:  # HF's default pattern, written out so every run's config is explicit
+            layers = tuple(
+                "full_attention" if i % GLOBAL_ATTENTION_EVERY == 0 else "sliding_attention"
+                for i in range(self.num_hidden_layers)
+            )
+        object.__setattr__(self, "layer_types", tuple(layers))  # a JSON list becomes a tuple
+        unknown = sorted(set(self.layer_types) - set(LAYER_TYPES))
+        if unknown:
+            raise UserError(
+                f"ModernBERT layer_types {unknown} cannot be honoured; each layer must be one of "
+                f"{', '.join(LAYER_TYPES)}"
+            )
+        if len(self.layer_types) != self.num_hidden_layers:
+            raise UserError(
+                f"ModernBERT layer_types names {len(self.layer_types)} layers but num_hidden_layers is "
+                f"{self.num_hidden_layers}; give one type per layer"
+            )
+        if self.head_dim % 2:
+            raise UserError(f"rotary positions need an even head dimension; hidden_size / heads is {self.head_dim}")
+        if "sliding_attention" in self.layer_types and (
+            self.local_attention < 2 or self.local_attention % 2 or self.local_attention > self.max_position_embeddings
+        ):
+            raise UserError(
+                f"local_attention {self.local_attention} must be an even window of at least 2 and at most "
+                f"max_position_embeddings {self.max_position_embeddings} (a query sees local_attention / 2 "
+                "keys on each side); fix the config"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -58,7 +112,7 @@ class EncoderConfig:
 
     @property
     def position_offset(self) -> int:
-        """RoBERTa numbers positions from padding_idx + 1; BERT from 0."""
+        """RoBERTa numbers positions from padding_idx + 1; BERT and ModernBERT from 0."""
         return self.pad_token_id + 1 if self.model_type == "roberta" else 0
 
     @property
@@ -69,14 +123,17 @@ class EncoderConfig:
 
     @property
     def max_length(self) -> int:
-        """The longest sequence the position table can embed."""
+        """The longest sequence the model can embed."""
         return self.max_position_embeddings - self.position_offset
 
     def replace(self, **changes) -> "EncoderConfig":
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        if values["layer_types"] is not None:
+            values["layer_types"] = list(values["layer_types"])
+        return values
 
     @classmethod
     def from_dict(cls, values: dict) -> "EncoderConfig":

@@ -14,13 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from etils import epath
-from flax import nnx
 from jax.experimental import multihost_utils
 
 from dlm_jax import data
-from dlm_jax.checkpoint import WORKDIR_MODEL_DIR
+from dlm_jax.checkpoint import WORKDIR_MODEL_DIR, read_any
 from dlm_jax.errors import UserError
-from dlm_jax.models import COMPUTE_DTYPES, CONFIG_FILE, Encoder, EncoderConfig
+from dlm_jax.models import COMPUTE_DTYPES, CONFIG_FILE, EncoderConfig
+from dlm_jax.models.params import abstract_encoder, new_encoder, params_of
 from dlm_jax.tokenizer import load_tokenizer, special_token_ids
 from dlm_jax.train import checkpointing
 from dlm_jax.train.config import TrainConfig, save_config
@@ -38,14 +38,12 @@ def _say(message: str) -> None:
 def resolve_model(config: TrainConfig, workdir: epath.Path):
     """-> (config with the real model, tokenizer, init params or None)."""
     if config.init is not None:
-        from dlm_jax.api import load
-
-        loaded = load(config.init)
-        if loaded.tokenizer is None and config.tokenizer is None:
+        model, params, tokenizer = read_any(config.init)
+        if tokenizer is None and config.tokenizer is None:
             raise UserError(f"{config.init} has no tokenizer; name one with --set tokenizer=DIR")
-        tokenizer = loaded.tokenizer if config.tokenizer is None else load_tokenizer(config.tokenizer)
-        params = nnx.to_pure_dict(nnx.state(loaded.encoder, nnx.Param))
-        return dataclasses.replace(config, model=loaded.config), tokenizer, params
+        if config.tokenizer is not None:
+            tokenizer = load_tokenizer(config.tokenizer)
+        return dataclasses.replace(config, model=model), tokenizer, params
     if config.tokenizer is not None:
         tokenizer = load_tokenizer(config.tokenizer)
     else:  # the workdir's own tokenizer, trained on the corpus by the first run (host 0)
@@ -104,11 +102,8 @@ def check_shapes(config: TrainConfig, devices: int) -> None:
 
 def init_state(config, model_config, mesh, optimizer, init_params):
     """Abstract and concrete TrainState, created directly in their shardings."""
-    dtype = COMPUTE_DTYPES[config.dtype]
-    make = lambda: Encoder(model_config, rngs=nnx.Rngs(config.seed), dtype=dtype, remat=config.remat,
-                           attention=config.attention)
-    graphdef, abstract_params = nnx.split(nnx.eval_shape(make))
-    abstract_params = nnx.to_pure_dict(abstract_params)
+    options = dict(seed=config.seed, dtype=config.dtype, remat=config.remat, attention=config.attention)
+    graphdef, abstract_params = abstract_encoder(model_config, **options)
     rules = config.sharding_rules if config.parallelism == "mesh" else ((r".*", ()),)
     p_shard = param_shardings(abstract_params, rules, mesh)
 
@@ -121,7 +116,7 @@ def init_state(config, model_config, mesh, optimizer, init_params):
     state_shard = TrainState(replicated(mesh), p_shard, _like(optimizer, abstract.opt_state, p_shard, mesh),
                              p_shard if config.ema_decay is not None else None)
     if init_params is None:
-        init = jax.jit(lambda: create(nnx.to_pure_dict(nnx.split(make())[1])), out_shardings=state_shard)
+        init = jax.jit(lambda: create(params_of(new_encoder(model_config, **options))), out_shardings=state_shard)
         state = init()
     else:
         params = jax.device_put(jax.tree.map(np.asarray, init_params), p_shard)

@@ -14,6 +14,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from dlm_jax.errors import UserError
+from dlm_jax.models.params import path_name
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -62,10 +63,6 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
     grid = np.asarray(devices, dtype=object).reshape(data, fsdp)
     # Auto axes: shardings are hints that XLA propagates (Explicit would type every array).
     return Mesh(grid, ("data", "fsdp"), axis_types=(AxisType.Auto, AxisType.Auto))
-
-
-def path_name(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
 def spec_for(name: str, shape, rules, mesh: Mesh) -> P:

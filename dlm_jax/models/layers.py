@@ -1,0 +1,133 @@
+"""Building blocks every encoder family shares, and what a family must provide on top of them.
+
+Parameters are float32; the compute dtype (float32 or bfloat16) is passed to each call: in
+bfloat16 every matmul takes bf16 inputs and accumulates in float32 (`ops.matmul`), while
+LayerNorm, softmax statistics and residuals stay float32. Numerics follow HuggingFace exactly:
+LayerNorm eps from the config (not Flax's 1e-6) and exact erf GELU (not the tanh approximation).
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dlm_jax.ops import matmul
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # names used by configs/CLI
+TRUNCATION = 2.0  # ModernBERT's init draws normals truncated at 2 std (HF's cutoff factor)
+
+
+def normal(rngs: nnx.Rngs, shape, std: float, *, truncated: bool = False) -> nnx.Param:
+    key = rngs.params()
+    if truncated:
+        return nnx.Param(std * jax.random.truncated_normal(key, -TRUNCATION, TRUNCATION, shape, jnp.float32))
+    return nnx.Param(std * jax.random.normal(key, shape, jnp.float32))
+
+
+def activation(name: str):
+    if name == "gelu":
+        return lambda x: jax.nn.gelu(x, approximate=False)
+    if name in ("gelu_new", "gelu_pytorch_tanh"):
+        return lambda x: jax.nn.gelu(x, approximate=True)
+    if name == "silu":
+        return jax.nn.silu
+    return jax.nn.relu
+
+
+class Dense(nnx.Module):
+    """y = x @ kernel (+ bias); kernel is [in, out] (HF stores the transpose)."""
+
+    def __init__(self, in_features: int, out_features: int, *, std: float, rngs: nnx.Rngs,
+                 bias: bool = True, truncated: bool = False):
+        self.kernel = normal(rngs, (in_features, out_features), std, truncated=truncated)
+        self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if bias else None
+
+    def __call__(self, x, dtype):
+        y = matmul(x, self.kernel[...], dtype)
+        return y if self.bias is None else y + self.bias[...]
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm in float32 whatever the compute dtype, with the checkpoint's eps."""
+
+    def __init__(self, size: int, eps: float, *, bias: bool = True):
+        self.scale = nnx.Param(jnp.ones((size,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((size,), jnp.float32)) if bias else None
+        self.eps = eps
+
+    def __call__(self, x):
+        x = x.astype(jnp.float32)
+        mean = x.mean(-1, keepdims=True)
+        var = jnp.square(x - mean).mean(-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...]
+        return y if self.bias is None else y + self.bias[...]
+
+
+class Embed(nnx.Module):
+    def __init__(self, num: int, size: int, *, std: float, rngs: nnx.Rngs, truncated: bool = False):
+        self.embedding = normal(rngs, (num, size), std, truncated=truncated)
+
+    def __call__(self, ids):
+        return jnp.take(self.embedding[...], ids, axis=0)
+
+
+def attend(q, k, v, mask, dtype, implementation):
+    """Softmax attention over [B, T, heads, head_dim] inputs through jax.nn.dot_product_attention
+    (fused kernels on GPU/TPU where they exist); mask [B or 1, 1, T, S], True = may attend."""
+    batch, length = q.shape[:2]
+    context = jax.nn.dot_product_attention(
+        q.astype(dtype), k.astype(dtype), v.astype(dtype), mask=mask, implementation=implementation
+    )
+    return context.reshape(batch, length, -1)
+
+
+def position_ids(config, input_ids, attention_mask=None):
+    """HuggingFace's positions, counted over real tokens only so that a left-padded row embeds
+    like the same row unpadded. RoBERTa (HF's rule): non-padding tokens count from padding_idx +
+    1, padding sits at padding_idx. BERT and ModernBERT: every index without an attention mask
+    (HF attends to padding then), else real tokens count from 0 and padding keeps its index
+    (it is never attended to)."""
+    index = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+    if config.model_type == "roberta":
+        real = (input_ids != config.pad_token_id).astype(jnp.int32)
+        return jnp.cumsum(real, axis=1) * real + config.pad_token_id
+    if attention_mask is None:
+        return index
+    return jnp.where(attention_mask != 0, jnp.cumsum(attention_mask, axis=1) - 1, index)
+
+
+class MaskedLMEncoder(nnx.Module):
+    """What every family provides on top of its own `encode` (token ids -> final hidden states),
+    `head_features` (the MLM head before its decoder) and `vocab_decoder` (the vocabulary
+    weights [V, H] and bias [V]): logits, and the head's inputs for the fused loss (ops.py).
+
+    Attributes every family sets: config, dtype (compute dtype), remat (recompute each block
+    in the backward pass), attention (`implementation` for jax.nn.dot_product_attention: None
+    lets JAX choose, 'cudnn' forces the fused GPU kernel, 'xla' the portable one).
+    """
+
+    def position_ids(self, input_ids, attention_mask=None):
+        return position_ids(self.config, input_ids, attention_mask)
+
+    def run_layers(self, x, *layer_args):
+        """x through every block; each block is called as block(x, *layer_args, dtype,
+        attention); with remat its activations are recomputed in the backward pass."""
+        for layer in self.layers:
+            call = type(layer).__call__
+            if self.remat:
+                static = tuple(range(len(layer_args) + 2, len(layer_args) + 4))
+                call = nnx.remat(call, static_argnums=static)
+            x = call(layer, x, *layer_args, self.dtype, self.attention)
+        return x
+
+    def logits_from_hidden(self, hidden):
+        weights, bias = self.vocab_decoder()
+        return matmul(self.head_features(hidden), weights.T, self.dtype) + bias
+
+    def head_inputs(self, input_ids, attention_mask=None):
+        """(head features [B, T, H], decoder weights [V, H], bias [V]): what
+        ops.vocab_cross_entropy decodes, so a loss over a few tokens never builds the logits."""
+        return (self.head_features(self.encode(input_ids, attention_mask)), *self.vocab_decoder())
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
+        """Token ids [B, T] -> float32 logits [B, T, vocab]."""
+        return self.logits_from_hidden(self.encode(input_ids, attention_mask, token_type_ids, position_ids))
