@@ -103,16 +103,30 @@ def load_workdir(workdir, step: int | None = None, target=None):
     return config, load_params_from_workdir(workdir, step, target), load_tokenizer(model_dir, required=False)
 
 
-def read_any(path, step: int | None = None):
-    """Our model dir, a training workdir (its latest checkpoint, or `step`) or a HuggingFace
-    directory (converted in memory) -> (config, params pure dict, tokenizer or None)."""
+def workdir_and_step(path, step: int | None = None):
+    """A checkpoint step directory (WORKDIR/checkpoints/600) -> (WORKDIR, 600); any other path
+    -> (path, step). UserError when a step directory and a different `step` are both given."""
     path = Path(path)
+    if path.name.isdigit() and path.parent.name == WORKDIR_CHECKPOINTS_DIR and is_workdir(path.parent.parent):
+        if step is not None and step != int(path.name):
+            raise UserError(f"{path} is the checkpoint of step {path.name} but step {step} was asked for; give one")
+        return path.parent.parent, int(path.name)
+    return path, step
+
+
+def read_any(path, step: int | None = None):
+    """Our model dir, a training workdir (its latest checkpoint, or `step`), one checkpoint step
+    directory of a workdir, or a HuggingFace directory (converted in memory) -> (config, params
+    pure dict, tokenizer or None)."""
+    path, step = workdir_and_step(path, step)
     if not path.exists():
         raise UserError(f"{path} does not exist; pass a model directory, a training workdir or a HF directory")
-    if is_model_dir(path):
-        return load_model_dir(path)
     if is_workdir(path):
         return load_workdir(path, step)
+    if step is not None:
+        raise UserError(f"--step {step} needs a training workdir, but {path} holds a single model")
+    if is_model_dir(path):
+        return load_model_dir(path)
     if (path / "config.json").is_file() or (path / "modules.json").is_file():
         from dlm_jax.convert import convert_hf_dir
 
@@ -122,3 +136,18 @@ def read_any(path, step: int | None = None):
         f"{path} is not a dlm-jax model directory, a training workdir or a HuggingFace directory "
         f"(none of {CONFIG_FILE} + {PARAMS_DIR}/, {WORKDIR_MODEL_DIR}/ + {WORKDIR_CHECKPOINTS_DIR}/, config.json found)"
     )
+
+
+def trained_seq_len(path) -> int | None:
+    """The sequence length a training workdir (or one of its step directories) was trained at,
+    from its config.json; None for other model paths."""
+    import json
+
+    workdir, _ = workdir_and_step(path)
+    config = Path(workdir) / "config.json"
+    if not is_workdir(workdir) or not config.is_file():
+        return None
+    try:
+        return int(json.loads(config.read_text())["seq_len"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
