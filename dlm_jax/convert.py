@@ -405,6 +405,7 @@ def convert_hf_dir(hf_dir, *, seed: int = 0):
     hf = read_hf_config(hf_dir)
     if not any((hf_dir / name).is_file() for name in WEIGHT_FILES):
         raise UserError(f"{hf_dir} holds no weights; expected one of {', '.join(WEIGHT_FILES)}")
+    encoder_config_from_hf(hf)  # our own checks first: transformers' tokenizer loading validates config.json too
     tokenizer = load_tokenizer(hf_dir, required=False)
     config = encoder_config_from_hf(hf, tokenizer)
     check_tokenizer_fits(config, tokenizer, hf_dir)

@@ -54,7 +54,7 @@ def cli(capsys, *argv):
     return code, out.out, out.err.splitlines()
 
 
-@pytest.fixture(scope="module", params=["roberta", "bert"])
+@pytest.fixture(scope="module", params=["roberta", "bert", "modernbert"])
 def converted(request, tmp_path_factory):
     """(HF dir, our model dir, convert stdout) for one model type, via the CLI."""
     tmp = tmp_path_factory.mktemp(request.param)
@@ -82,10 +82,16 @@ def test_config_and_tokenizer_carried_over(converted):
     config, params, tokenizer = load_model_dir(out_dir)
     hf_config = json.loads((hf_dir / "config.json").read_text())
     assert config.vocab_size == hf_config["vocab_size"] == len(tokenizer)
-    assert config.layer_norm_eps == hf_config["layer_norm_eps"]
+    assert config.layer_norm_eps == hf_config.get("layer_norm_eps", hf_config.get("norm_eps"))
     assert config.mask_token_id == tokenizer.mask_token_id
     assert config.pad_token_id == tokenizer.pad_token_id
-    assert sorted(params["layers"]) == [0, 1]
+    assert sorted(params["layers"]) == list(range(hf_config["num_hidden_layers"]))
+    if config.model_type == "modernbert":
+        assert list(config.layer_types) == hf_config["layer_types"]
+        assert config.local_attention == hf_config["local_attention"]
+        rope = hf_config["rope_parameters"]
+        assert (config.global_rope_theta, config.local_rope_theta) == (
+            rope["full_attention"]["rope_theta"], rope["sliding_attention"]["rope_theta"])
     assert tokenizer(TEXTS[0])["input_ids"] == transformers.AutoTokenizer.from_pretrained(hf_dir)(TEXTS[0])["input_ids"]
 
 
@@ -108,6 +114,29 @@ def test_convert_reports_matches(tmp_path, capsys):
     assert "matched 42 tensors" in out  # 5 embedding + 2 x 16 per layer + 5 head
     assert "MLM head converted from the checkpoint" in out
     assert "unmatched" not in out
+
+
+def test_modernbert_reports_matches(tmp_path, capsys):
+    hf_dir = make_hf_checkpoint(tmp_path, "modernbert")
+    code, out, _ = cli(capsys, "convert", hf_dir, tmp_path / "ours")
+    assert code == 0
+    # embeddings 2 + 4 layers x 6 less layer 0's attention norm + final norm + head 2 + decoder bias
+    assert "matched 29 tensors" in out, out
+    assert "MLM head converted from the checkpoint" in out and "unmatched" not in out
+
+
+def test_bare_modernbert_gets_initialised_head(tmp_path, capsys):
+    hf_dir = make_hf_checkpoint(tmp_path, "modernbert", mlm=False)
+    code, out, _ = cli(capsys, "convert", hf_dir, tmp_path / "ours")
+    assert code == 0
+    assert "MLM head initialised" in out and "head/dense/kernel" in out and "decoder/bias" in out
+    model = dlm_jax.load(tmp_path / "ours")
+    ids, mask = batch(model.tokenizer)
+    bare = transformers.AutoModel.from_pretrained(hf_dir).eval()
+    with torch.no_grad():
+        ref = bare(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
+    hidden = np.asarray(model.encoder.encode(jax.numpy.asarray(ids), jax.numpy.asarray(mask)))
+    assert max_err(hidden, ref, mask) <= TOL
 
 
 def test_bare_encoder_gets_initialised_head(tmp_path, capsys):
@@ -171,7 +200,7 @@ def test_refuses_gpt2(tmp_path, capsys, shared_data):
     transformers.GPT2Config(n_layer=1, n_embd=32, n_head=4).save_pretrained(gpt2)
     for name in ("vocab.json", "merges.txt"):
         shutil.copy(shared_data / "tokenizers" / "gpt2" / name, gpt2)
-    assert_refused(capsys, tmp_path, gpt2, "'gpt2' is not supported", "bert, roberta")
+    assert_refused(capsys, tmp_path, gpt2, "'gpt2' is not supported", "bert, roberta, modernbert")
 
 
 def test_refuses_dir_without_weights(tmp_path, capsys, roberta_dir):
@@ -205,6 +234,76 @@ def test_refuses_more_layers_than_config(tmp_path, capsys, roberta_dir):
     config["num_hidden_layers"] = 1
     (broken / "config.json").write_text(json.dumps(config))
     assert_refused(capsys, tmp_path, broken, "do not match config.json", "layer 1", "num_hidden_layers=1")
+
+
+@pytest.fixture(scope="module")
+def modernbert_dir(tmp_path_factory):
+    return make_hf_checkpoint(tmp_path_factory.mktemp("bad-modernbert"), "modernbert")
+
+
+def edited_copy(tmp_path, source, name, **changes):
+    """A copy of a HF directory whose config.json has `changes` (None deletes a key)."""
+    copy = shutil.copytree(source, tmp_path / name)
+    config = json.loads((copy / "config.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    (copy / "config.json").write_text(json.dumps(config))
+    return copy
+
+
+@pytest.mark.parametrize("changes, words", [
+    (dict(layer_types=["full_attention", "chunked_attention", "sliding_attention", "full_attention"]),
+     ["layer_types ['chunked_attention'] cannot be honoured", "full_attention, sliding_attention"]),
+    (dict(layer_types=["full_attention", "sliding_attention"]), ["names 2 layers", "num_hidden_layers is 4"]),
+    (dict(rope_parameters={"full_attention": {"rope_type": "yarn", "rope_theta": 160000.0, "factor": 2.0},
+                           "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}),
+     ["rope_parameters.full_attention.rope_type 'yarn' cannot be honoured"]),
+    (dict(local_attention=7), ["local_attention 7 must be an even window"]),
+    (dict(local_attention=256), ["local_attention 256", "max_position_embeddings 128"]),
+])
+def test_refuses_modernbert_configs_it_cannot_honour(tmp_path, capsys, modernbert_dir, changes, words):
+    assert_refused(capsys, tmp_path, edited_copy(tmp_path, modernbert_dir, "edited", **changes), *words)
+
+
+def test_refuses_weights_the_config_has_no_place_for(tmp_path, capsys, modernbert_dir):
+    """Norm biases in the weights but norm_bias false in the config: not silently dropped."""
+    model, tokenizer = hf_model("modernbert", norm_bias=True)
+    biased = tmp_path / "biased"
+    model.save_pretrained(biased)
+    tokenizer.save_pretrained(biased)
+    edited = edited_copy(tmp_path, biased, "flag-off", norm_bias=False)
+    capsys.readouterr()  # save_pretrained's progress bar
+    assert_refused(capsys, tmp_path, edited, "norm.bias", "no place for")
+
+
+def test_refuses_a_tokenizer_larger_than_the_vocabulary(tmp_path, capsys, roberta_dir):
+    edited = edited_copy(tmp_path, roberta_dir, "small-vocab", vocab_size=50000)
+    # the weights are cut to match, so only the tokenizer disagrees
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(edited / "model.safetensors")
+    for name in ("roberta.embeddings.word_embeddings.weight", "lm_head.bias"):
+        tensors[name] = tensors[name][:50000]
+    save_file(tensors, edited / "model.safetensors", metadata={"format": "pt"})
+    assert_refused(capsys, tmp_path, edited, "the tokenizer has 50265 tokens", "vocab_size is 50000")
+
+
+def test_sentence_transformers_root_is_followed_to_its_transformer_folder(tmp_path, capsys, roberta_dir):
+    root = tmp_path / "st"
+    shutil.copytree(roberta_dir, root / "0_Transformer")
+    (root / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]))
+    code, out, err = cli(capsys, "convert", root, tmp_path / "ours")
+    assert code == 0, err
+    ids, mask = batch(dlm_jax.load(roberta_dir).tokenizer)
+    assert np.array_equal(dlm_jax.load(tmp_path / "ours").logits(ids, mask), dlm_jax.load(roberta_dir).logits(ids, mask))
+    (root / "modules.json").write_text(json.dumps([{"idx": 0, "path": "missing", "type": "x.Transformer"}]))
+    assert_refused(capsys, tmp_path, root, "sentence-transformers folder", "pass the subfolder")
 
 
 def test_refuses_missing_path(tmp_path, capsys):

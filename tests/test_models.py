@@ -1,10 +1,12 @@
-"""The encoder against HuggingFace's PyTorch BERT/RoBERTa, module by module.
+"""The encoders against HuggingFace's PyTorch BERT, RoBERTa and ModernBERT, module by module.
 
 Weights come from a tiny random HF model (real vocabulary size) through the converter's table;
 each check compares one stage on the same input so a failure names the stage: embeddings, one
-transformer block, the MLM head, then the whole forward on a ragged, padded batch.
+transformer block (for ModernBERT a global and a sliding-window block), the MLM head, then the
+whole forward on a ragged, padded batch.
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -20,16 +22,31 @@ TEXTS = [
     "Masked diffusion unmasks a canvas of tokens step by step until no mask remains.",
     "Short one.",
 ]
+# ModernBERT variants: HF's defaults (no biases, tied decoder), and every optional tensor on
+# (biases in norms, attention, MLP, head; an untied decoder) so each row of the table is used.
+MODERNBERT_BIASED = dict(norm_bias=True, attention_bias=True, mlp_bias=True, classifier_bias=True,
+                         tie_word_embeddings=False)
+VARIANTS = {
+    "roberta": ("roberta", {}),
+    "bert": ("bert", {}),
+    "modernbert": ("modernbert", {}),
+    "modernbert-biased": ("modernbert", MODERNBERT_BIASED),
+}
 
 
-@pytest.fixture(scope="module", params=["roberta", "bert"])
-def pair(request):
-    """(HF model, our Encoder with the same weights, ids, mask) for one model type."""
-    hf, tokenizer = hf_model(request.param)
+def converted_pair(name):
+    hf, tokenizer = hf_model(VARIANTS[name][0], **VARIANTS[name][1])
     config = encoder_config_from_hf(hf.config.to_dict(), tokenizer)
-    tensors = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
+    tensors = {k: v.detach().numpy().copy() for k, v in hf.state_dict().items()}
     params, report = params_from_hf(tensors, config)
     assert not report.unmatched and not report.initialised
+    return hf, tokenizer, config, params
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def pair(request):
+    """(HF model, our encoder with the same weights, ids, mask) for one model type."""
+    hf, tokenizer, config, params = converted_pair(request.param)
     batch = tokenizer(TEXTS, padding=True, return_tensors="np")
     assert batch["attention_mask"].min() == 0  # ragged: some rows are padded
     return hf, encoder_with_params(config, params), batch["input_ids"], batch["attention_mask"]
@@ -49,18 +66,36 @@ def test_embeddings_match_hf(pair):
     hf, encoder, ids, mask = pair
     out = hf_run(hf, ids, mask)
     ids_j, mask_j = jnp.asarray(ids), jnp.asarray(mask)
-    positions = encoder.position_ids(ids_j, mask_j)
-    ours = encoder.embeddings(ids_j, positions, jnp.zeros_like(ids_j))
+    if encoder.config.model_type == "modernbert":
+        ours = encoder.embeddings(ids_j)
+    else:
+        ours = encoder.embeddings(ids_j, encoder.position_ids(ids_j, mask_j), jnp.zeros_like(ids_j))
     assert max_err(ours, out.hidden_states[0], mask) <= TOL
 
 
-def test_first_block_matches_hf(pair):
+def block_inputs(encoder, ids, mask):
+    """What encode() hands each block besides x: the key mask, and for ModernBERT the
+    (global, local) masks and rotary tables."""
+    key_mask = jnp.asarray(mask, bool)[:, None, None, :]
+    if encoder.config.model_type != "modernbert":
+        return (key_mask,)
+    from dlm_jax.models.modernbert import rotary_tables, window_mask
+
+    config = encoder.config
+    positions = encoder.position_ids(jnp.asarray(ids), jnp.asarray(mask))
+    masks = (key_mask, key_mask & window_mask(ids.shape[1], config.local_attention // 2))
+    rotaries = tuple(rotary_tables(positions, config.head_dim, theta)
+                     for theta in (config.global_rope_theta, config.local_rope_theta))
+    return masks, rotaries
+
+
+@pytest.mark.parametrize("layer", [0, 1])  # ModernBERT: block 0 is global (no attention norm), 1 sliding
+def test_one_block_matches_hf(pair, layer):
     hf, encoder, ids, mask = pair
     out = hf_run(hf, ids, mask)
-    x = jnp.asarray(out.hidden_states[0].numpy())
-    key_mask = jnp.asarray(mask, bool)[:, None, None, :]
-    ours = encoder.layers[0](x, key_mask, jnp.float32, None)
-    assert max_err(ours, out.hidden_states[1], mask) <= TOL
+    x = jnp.asarray(out.hidden_states[layer].numpy())
+    ours = encoder.layers[layer](x, *block_inputs(encoder, ids, mask), jnp.float32, None)
+    assert max_err(ours, out.hidden_states[layer + 1], mask) <= TOL
 
 
 def test_mlm_head_matches_hf(pair):
@@ -68,6 +103,33 @@ def test_mlm_head_matches_hf(pair):
     out = hf_run(hf, ids, mask)
     ours = encoder.logits_from_hidden(jnp.asarray(out.hidden_states[-1].numpy()))
     assert max_err(ours, out.logits, mask) <= TOL
+
+
+def test_sliding_window_matters_at_this_length(pair):
+    """The test batch is longer than ModernBERT's window, so a wrong window would show: the
+    sliding block given the global mask instead of its window gives different outputs."""
+    hf, encoder, ids, mask = pair
+    if encoder.config.model_type != "modernbert":
+        pytest.skip("BERT and RoBERTa have no sliding window")
+    assert ids.shape[1] > encoder.config.local_attention // 2 + 1
+    x = jnp.asarray(hf_run(hf, ids, mask).hidden_states[1].numpy())
+    (key_mask, local_mask), rotaries = block_inputs(encoder, ids, mask)
+    windowed = encoder.layers[1](x, (key_mask, local_mask), rotaries, jnp.float32, None)
+    unwindowed = encoder.layers[1](x, (key_mask, key_mask), rotaries, jnp.float32, None)
+    assert encoder.layers[1].sliding
+    assert float(jnp.abs(windowed - unwindowed).max()) > 1e-3
+
+
+def test_left_padding_changes_nothing(pair):
+    """A left-padded row (the sampler's batches) gives the same logits as the row alone."""
+    _, encoder, ids, mask = pair
+    row = ids[2][mask[2] == 1]  # the short text, unpadded
+    alone = np.asarray(encoder(jnp.asarray(row[None]), jnp.ones((1, len(row)), jnp.int32)))[0]
+    pad = 5
+    padded = np.concatenate([np.full(pad, encoder.config.pad_token_id), row])[None]
+    left = np.concatenate([np.zeros(pad, np.int32), np.ones(len(row), np.int32)])[None]
+    ours = np.asarray(encoder(jnp.asarray(padded), jnp.asarray(left)))[0, pad:]
+    assert np.abs(ours - alone).max() <= TOL
 
 
 def test_full_forward_matches_hf(pair):
@@ -97,21 +159,17 @@ def test_bfloat16_compute_stays_close_to_float32(pair):
     assert agree >= 0.9, agree
 
 
-def test_training_follows_pytorch_step_for_step():
+@pytest.mark.parametrize("name", ["roberta", "modernbert"])
+def test_training_follows_pytorch_step_for_step(name):
     """Gradients, not just the forward: the same masked-LM loss optimised with AdamW from the same
     weights gives the same loss curve in JAX and in PyTorch (dropout off)."""
-    import jax
     import optax
     from flax import nnx
 
-    hf, tokenizer = hf_model("roberta")
-    config = encoder_config_from_hf(hf.config.to_dict(), tokenizer)
-    tensors = {k: v.detach().numpy().copy() for k, v in hf.state_dict().items()}
-    params, _ = params_from_hf(tensors, config)
+    hf, tokenizer, config, params = converted_pair(name)
     graphdef, state = nnx.split(encoder_with_params(config, params))
     optimizer = optax.adamw(1e-3, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01)
     opt_state = optimizer.init(state)
-    hf.config.hidden_dropout_prob = hf.config.attention_probs_dropout_prob = 0.0
     for module in hf.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
