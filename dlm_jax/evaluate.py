@@ -17,6 +17,7 @@ whatever the batch size.
 
 import functools
 import math
+import numbers
 from collections import Counter
 from pathlib import Path
 
@@ -26,9 +27,10 @@ import numpy as np
 from flax import nnx
 
 from dlm_jax import api, data, diffusion, ops, sampling
+from dlm_jax import checkpoint as checkpoint_lib
 from dlm_jax.errors import UserError
+from dlm_jax.tokenizer import encode_texts
 
-RATIOS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 REPEAT_NGRAM = 4  # repetition rate counts repeated 4-grams
 
 
@@ -146,13 +148,13 @@ def generative_perplexity(texts, judge, *, contexts=None) -> float | None:
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     max_len = getattr(model.config, "max_position_embeddings", None) or 1024
     total_nll, total_tokens = 0.0, 0
-    for i, text in enumerate(texts):
-        target = tokenizer(text, add_special_tokens=False)["input_ids"]
+    context_ids = encode_texts(tokenizer, contexts) if contexts is not None else None
+    for i, target in enumerate(encode_texts(tokenizer, texts)):
         if not target:
             continue
         context = [] if start is None else [start]
-        if contexts is not None:
-            context += tokenizer(contexts[i], add_special_tokens=False)["input_ids"]
+        if context_ids is not None:
+            context += context_ids[i]
         ids = (context + target)[-max_len:]
         scored = min(len(target), len(ids) - 1)  # the first kept token has no prediction
         with torch.no_grad():
@@ -170,19 +172,6 @@ def generative_perplexity(texts, judge, *, contexts=None) -> float | None:
 def _encoder(model):
     """Our `Model` (from dlm_jax.load) or a bare `Encoder`."""
     return getattr(model, "encoder", model)
-
-
-def _batches(dataset, batch_size, max_sequences):
-    """(first index, input_ids [B, L], prompt_mask [B, L], valid rows) over the first
-    max_sequences records; the last batch repeats its last row so every batch has one shape."""
-    count = len(dataset) if max_sequences is None else min(len(dataset), max_sequences)
-    for start in range(0, count, batch_size):
-        rows = [dataset[i] for i in range(start, min(start + batch_size, count))]
-        valid = len(rows)
-        rows += [rows[-1]] * (batch_size - valid)
-        ids = np.stack([np.asarray(r["input_ids"], np.int32) for r in rows])
-        prompt = np.stack([np.asarray(r["prompt_mask"], bool) for r in rows])
-        yield start, ids, prompt, valid
 
 
 def _check_dataset(dataset, config):
@@ -264,7 +253,7 @@ def nelbo(model, dataset, *, num_samples=8, batch_size=8, seed=0, max_sequences=
     _check_dataset(dataset, encoder.config)
     graphdef, params = nnx.split(encoder)
     numerators, eligible = [], []
-    for first, ids, prompt, valid in _batches(dataset, batch_size, max_sequences):
+    for first, ids, prompt, valid in data.batches_in_order(dataset, batch_size, max_sequences, desc="NELBO"):
         num, den = jax.device_get(_nelbo_batch(
             graphdef, params, _row_keys(seed, 0, first, batch_size), ids, prompt, valid,
             num_samples=int(num_samples), eps=float(eps)))
@@ -315,7 +304,7 @@ def _ratio_batch(graphdef, params, keys, input_ids, prompt_mask, valid, *, ratio
     return sums
 
 
-def accuracy_by_ratio(model, dataset, ratios=RATIOS, *, batch_size=8, seed=0, max_sequences=None) -> list:
+def accuracy_by_ratio(model, dataset, ratios=diffusion.DEFAULT_RATIOS, *, batch_size=8, seed=0, max_sequences=None) -> list:
     """[{ratio, accuracy, ce, tokens}] over the held-out sequences: with round(r * n) eligible
     tokens of each sequence masked, the fraction of them whose original token gets the highest
     logit (ties count, as in training metrics) and their mean CE in nats."""
@@ -324,7 +313,8 @@ def accuracy_by_ratio(model, dataset, ratios=RATIOS, *, batch_size=8, seed=0, ma
     ratios = tuple(float(r) for r in ratios)
     graphdef, params = nnx.split(encoder)
     totals = np.zeros((len(ratios), 3), np.float64)
-    for first, ids, prompt, valid in _batches(dataset, batch_size, max_sequences):
+    for first, ids, prompt, valid in data.batches_in_order(dataset, batch_size, max_sequences,
+                                                           desc="accuracy by ratio"):
         totals += jax.device_get(_ratio_batch(
             graphdef, params, _row_keys(seed, 1, first, batch_size), ids, prompt, valid, ratios=ratios))
     return [
@@ -338,18 +328,6 @@ def accuracy_by_ratio(model, dataset, ratios=RATIOS, *, batch_size=8, seed=0, ma
 # Samples and the whole evaluation.
 
 
-def held_out_split(spec) -> str:
-    """The split evaluated by default: a TFDS dataset's "test" (a `tfds:NAME:SPLIT` spec names
-    its own), a WikiText folder's test (else valid) file; any other local data is read whole."""
-    if str(spec).startswith("tfds:"):
-        return "test"
-    path = Path(spec).expanduser()
-    for name in ("wiki.test.raw", "wiki.valid.raw"):
-        if path.is_dir() and (path / name).is_file():
-            return data.WIKITEXT_SPLITS[name]
-    return "train"
-
-
 def generated_tokens(ids, prompt_len, config) -> list:
     """The generated part of each row as a token list: cut at the first EOS, specials dropped."""
     specials = set(config.special_token_ids)
@@ -361,42 +339,79 @@ def generated_tokens(ids, prompt_len, config) -> list:
     return rows
 
 
-def _positive(**values):
+_FLAGS = {"data_spec": "--data", "num_samples": "--samples"}  # else --name-with-dashes
+
+
+def _flag(name):
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def _check_integers(least, **values):
+    """Each value is None or an integer >= least (bool is no integer here)."""
     for name, value in values.items():
-        if value is not None and (int(value) != value or value < 1):
-            raise UserError(f"{name.replace('_', '-')} must be a positive integer, got {value}")
+        if value is not None and (not isinstance(value, numbers.Integral) or isinstance(value, bool)
+                                  or value < least):
+            kind = "a positive integer" if least == 1 else f"an integer >= {least}"
+            raise UserError(f"{_flag(name)} must be {kind}, got {value!r}")
 
 
-def evaluate(checkpoint, data_spec, *, seq_len=128, batch_size=8, max_sequences=None, nelbo_samples=8,
-             num_samples=8, prompt_len=16, gen_length=64, steps=None, temperature=1.0, judge=None,
-             split=None, seed=0, cache_dir=None, log=lambda message: None) -> dict:
-    """NELBO, accuracy by mask ratio and sample statistics of `checkpoint` on the held-out split
-    of `data_spec`; every argument is checked before anything is compiled."""
-    _positive(seq_len=seq_len, batch_size=batch_size, max_sequences=max_sequences,
-              nelbo_samples=nelbo_samples, prompt_len=prompt_len, gen_length=gen_length, steps=steps)
-    if num_samples < 0:
-        raise UserError(f"samples must be >= 0 (0 skips generation), got {num_samples}")
-    steps = gen_length if steps is None else steps
-    judge_model = load_judge(judge) if judge and num_samples else None
-    model = api.load(checkpoint)
+def _check_arguments(batch_size, max_sequences, nelbo_samples, num_samples, prompt_len, seq_len,
+                     gen_length, steps, step, temperature, seed):
+    """The checks that need no model, so a typo costs no loading."""
+    _check_integers(1, seq_len=seq_len, batch_size=batch_size, max_sequences=max_sequences,
+                    nelbo_samples=nelbo_samples, prompt_len=prompt_len, gen_length=gen_length,
+                    steps=steps)
+    _check_integers(0, num_samples=num_samples, step=step, seed=seed)
+    if seed >= 2**32:  # the sampler's key is a uint32
+        raise UserError(f"--seed must be below 2**32, got {seed}")
+    if not isinstance(temperature, numbers.Real) or not 0 <= temperature < math.inf:
+        raise UserError(f"--temperature must be a number >= 0 (0 is greedy), got {temperature!r}")
+
+
+def evaluate(checkpoint, data_spec, *, seq_len=None, batch_size=8, max_sequences=None, nelbo_samples=8,
+             num_samples=8, prompt_len=16, gen_length=None, steps=None, temperature=1.0, judge=None,
+             split=None, seed=0, step=None, cache_dir=None, log=lambda message: None) -> dict:
+    """NELBO, accuracy by mask ratio and sample statistics of `checkpoint` (a workdir's latest
+    checkpoint, or `step`) on the held-out split of `data_spec`.
+
+    Defaults that fit the checkpoint: seq_len None is the length a training workdir was trained
+    at, else min(128, the model's positions); gen_length None is what fits the model's positions
+    after the prompt, at most 64; steps None is gen_length. Every argument is checked before
+    anything is compiled, and a bad one is refused in one line naming its CLI option.
+    """
+    _check_arguments(batch_size, max_sequences, nelbo_samples, num_samples, prompt_len, seq_len,
+                     gen_length, steps, step, temperature, seed)
+    if judge and num_samples:
+        check_judge(judge)
+    try:
+        model = api.load(checkpoint, step=step)
+    except UserError as err:
+        raise UserError(f"--checkpoint: {err}") from None
     config = model.config
     if model.tokenizer is None:
-        raise UserError(f"{checkpoint} has no tokenizer files; save the tokenizer beside the model")
+        raise UserError(f"--checkpoint {checkpoint} has no tokenizer files; save the tokenizer beside "
+                        "the model")
+    if seq_len is None:
+        seq_len = checkpoint_lib.trained_seq_len(checkpoint) or min(128, config.max_length)
     if seq_len > config.max_length:
         raise UserError(f"--seq-len {seq_len} exceeds the model's {config.max_length} positions; "
                         f"pass --seq-len {config.max_length} or less")
     if num_samples:
         if prompt_len >= seq_len:
             raise UserError(f"--prompt-len {prompt_len} must be shorter than --seq-len {seq_len}")
+        if gen_length is None:
+            gen_length = min(64, config.max_length - prompt_len)
         if prompt_len + gen_length > config.max_length:
             raise UserError(f"--prompt-len {prompt_len} + --gen-length {gen_length} exceeds the model's "
                             f"{config.max_length} positions; shorten one of them")
+        steps = gen_length if steps is None else steps
         if steps > gen_length:
             raise UserError(f"--steps {steps} exceeds --gen-length {gen_length}; each step commits a token")
-    split = split or held_out_split(data_spec)
+    split = split or data.held_out_split(data_spec)
     dataset = data.prepare_dataset(data_spec, model.tokenizer, seq_len,
                                    cache_dir=cache_dir or data.cache_home(), split=split)
     _check_dataset(dataset, config)
+    judge_model = load_judge(judge) if judge and num_samples else None
     results = {"checkpoint": str(checkpoint), "data": str(data_spec), "split": split,
                "seq_len": seq_len, "seed": seed}
 

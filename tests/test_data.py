@@ -9,6 +9,7 @@ import tensorflow_datasets as tfds
 from transformers import AutoTokenizer
 
 from dlm_jax import data
+from dlm_jax.data import sources, tfds_source
 from dlm_jax.cli import main as cli_main
 from dlm_jax.data import (
     BatchIterator,
@@ -98,10 +99,10 @@ def test_pieces_tokenise_like_the_whole_text(tmp_path, shared_data, roberta):
     ):
         text = (shared_data / name).read_text(encoding="utf-8")[:60_000]
         (tmp_path / "t.txt").write_text(text, encoding="utf-8")
-        pieces = list(data._file_pieces(tmp_path / "t.txt", piece_chars=2000))
+        pieces = list(sources._file_pieces(tmp_path / "t.txt", piece_chars=2000))
         assert len(pieces) >= least and "".join(pieces) == text
         assert [t for p in pieces for t in _encode(roberta, p)] == _encode(roberta, text)
-        cut = list(data._pieces_of([text], piece_chars=2000))
+        cut = list(sources.pieces_of([text], piece_chars=2000))
         assert len(cut) >= least and "".join(cut) == text
         assert [t for p in cut for t in _encode(roberta, p)] == _encode(roberta, text)
 
@@ -142,7 +143,7 @@ def test_wikitext_folder_splits(tmp_path, shared_data, roberta):
         (wiki / name).write_text("".join(lines[:300]), encoding="utf-8")
     valid = prepare_dataset(wiki, roberta, 128, cache_dir=tmp_path / "cache", split="validation")
     text = (wiki / "wiki.valid.raw").read_text(encoding="utf-8")
-    articles = sum(1 for line in text.splitlines() if data._WIKITEXT_ARTICLE.match(line))
+    articles = sum(1 for line in text.splitlines() if sources._WIKITEXT_ARTICLE.match(line))
     assert valid.stats["documents"] == articles >= 2
     test = prepare_dataset(wiki, roberta, 128, cache_dir=tmp_path / "cache", split="test")
     assert test.directory == valid.directory and len(test) != len(valid)
@@ -402,7 +403,7 @@ def test_bad_input_messages(tmp_path, roberta, shakespeare, monkeypatch):
     )
     fails("tfds:wiki40b/klingon", "tfds:wiki40b has no config 'klingon'; try tfds:wiki40b/")
     if (
-        not data._online()
+        not tfds_source._online()
     ):  # existing but not downloaded (on a connected machine it would download)
         monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
         fails("tfds:lm1b", "tfds:lm1b is not downloaded in .* and this machine is offline")

@@ -201,7 +201,7 @@ def test_uniform_model_nelbo_is_log_vocab():
 def test_accuracy_by_ratio(encoder):
     records = tiny_dataset(5)
     curve = evaluate.accuracy_by_ratio(encoder, records, batch_size=2, seed=0)
-    assert [c["ratio"] for c in curve] == list(evaluate.RATIOS)
+    assert [c["ratio"] for c in curve] == list(diffusion.DEFAULT_RATIOS)
     # 10 eligible tokens per sequence: round(r * 10) masked in each of the 5 sequences
     assert [c["tokens"] for c in curve] == [5 * k for k in range(1, 11)]
     assert all(0.0 <= c["accuracy"] <= 1.0 and c["ce"] > 0 for c in curve)
@@ -258,7 +258,7 @@ def test_cli_json_last_line(capsys, tmp_path, hf_roberta, held_out_text, gpt2_ju
     assert result["nelbo_bits_per_token"] == pytest.approx(result["nelbo_nats"] / math.log(2))
     assert result["ppl_bound"] == pytest.approx(math.exp(result["nelbo_nats"]))
     assert result["nelbo_stderr"] > 0
-    assert [a["ratio"] for a in result["accuracy_by_ratio"]] == list(evaluate.RATIOS)
+    assert [a["ratio"] for a in result["accuracy_by_ratio"]] == list(diffusion.DEFAULT_RATIOS)
     samples = result["samples"]
     assert samples["num_samples"] == 2 and len(samples["texts"]) == 2
     assert 0 < samples["distinct_1"] <= 1 and samples["gen_ppl"] > 1
