@@ -3,6 +3,8 @@ computation, the judge against a direct torch computation, bad input as one line
 
 import json
 import math
+import re
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -297,3 +299,92 @@ def test_cli_bad_input_is_one_line(capsys, tmp_path, hf_roberta, held_out_text):
 
     status, _, err = run_eval(capsys, "--checkpoint", hf_roberta, "--data", held_out_text, "--seq-len", "200")
     assert status == 2 and "exceeds the model's 64 positions" in one_error_line(err)
+
+
+def test_bad_arguments_are_one_line_naming_the_option_before_any_compile(tmp_path, hf_roberta, held_out_text):
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory")
+    compiled = evaluate._nelbo_batch._cache_size(), evaluate._ratio_batch._cache_size()
+    for arguments, message in [
+        ({"seq_len": 0}, "--seq-len must be a positive integer, got 0"),
+        ({"batch_size": "8"}, "--batch-size must be a positive integer, got '8'"),
+        ({"max_sequences": 2.5}, "--max-sequences must be a positive integer, got 2.5"),
+        ({"nelbo_samples": True}, "--nelbo-samples must be a positive integer, got True"),
+        ({"num_samples": -1}, "--samples must be an integer >= 0, got -1"),
+        ({"prompt_len": 0}, "--prompt-len must be a positive integer, got 0"),
+        ({"gen_length": -4}, "--gen-length must be a positive integer, got -4"),
+        ({"steps": 0}, "--steps must be a positive integer, got 0"),
+        ({"step": -1}, "--step must be an integer >= 0, got -1"),
+        ({"seed": -1}, "--seed must be an integer >= 0, got -1"),
+        ({"seed": 2**32}, r"--seed must be below 2\*\*32, got 4294967296"),
+        ({"temperature": -0.5}, r"--temperature must be a number >= 0 \(0 is greedy\), got -0.5"),
+        ({"temperature": math.nan}, "--temperature must be a number >= 0 .*, got nan"),
+        ({"step": 3}, "--checkpoint: --step 3 needs a training workdir, but .* holds a single model"),
+        ({"seq_len": 65}, "--seq-len 65 exceeds the model's 64 positions; pass --seq-len 64 or less"),
+        # seq_len None is min(128, the model's 64 positions) for a model that is no workdir
+        ({"prompt_len": 64}, "--prompt-len 64 must be shorter than --seq-len 64"),
+        ({"gen_length": 49}, r"--prompt-len 16 \+ --gen-length 49 exceeds the model's 64 positions"),
+        ({"gen_length": 8, "steps": 9}, "--steps 9 exceeds --gen-length 8"),
+        ({"cache_dir": afile / "cache"}, f"{afile} is a file, not a directory .*--cache-dir"),
+    ]:
+        with pytest.raises(UserError, match=f"^{message}") as err:
+            evaluate.evaluate(hf_roberta, held_out_text, **arguments)
+        assert "\n" not in str(err.value)
+    assert (evaluate._nelbo_batch._cache_size(), evaluate._ratio_batch._cache_size()) == compiled
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, shared_data):
+    """A real training workdir: the tiny preset trained at seq_len 32 (the model has 64
+    positions) for 2 steps, with a checkpoint after each."""
+    from dlm_jax.data import train_tokenizer
+    from dlm_jax.train.config import resolve_config
+    from dlm_jax.train.loop import train
+
+    corpus = shared_data / "tinyshakespeare" / "input.txt"
+    tokenizer = tmp_path_factory.mktemp("tokenizer")
+    train_tokenizer(corpus, tokenizer, vocab_size=512)
+    config = resolve_config("tiny", (f"tokenizer={tokenizer}", "seq_len=32", "batch_size=8",
+                                     "checkpoint_every=1", "log_every=1", "warmup_steps=1"),
+                            data=str(corpus), steps=2)
+    directory = tmp_path_factory.mktemp("run") / "workdir"
+    train(config, directory)
+    return directory
+
+
+def test_defaults_and_step_fit_the_workdir(tmp_path, workdir, held_out_text):
+    settings = {"batch_size": 2, "max_sequences": 2, "nelbo_samples": 1, "cache_dir": tmp_path}
+    latest = evaluate.evaluate(workdir, held_out_text, num_samples=1, steps=4, **settings)
+    assert latest["seq_len"] == 32  # trained at 32, not min(128, 64 positions)
+    # gen_length: what fits the 64 positions after the 16-token prompt, at most 64
+    assert (latest["samples"]["prompt_len"], latest["samples"]["gen_length"]) == (16, 48)
+    first = evaluate.evaluate(workdir, held_out_text, step=1, num_samples=0, **settings)
+    assert first["nelbo_nats"] != latest["nelbo_nats"]  # the other checkpoint
+    step_dir = evaluate.evaluate(workdir / "checkpoints" / "1", held_out_text, num_samples=0, **settings)
+    assert {**step_dir, "checkpoint": None} == {**first, "checkpoint": None}
+    with pytest.raises(UserError, match=r"^--checkpoint: .* has no step 5; saved steps: \[1, 2\]"):
+        evaluate.evaluate(workdir, held_out_text, step=5, **settings)
+
+
+def test_nelbo_shows_a_progress_bar_on_a_terminal(encoder):
+    from helpers_terminal import stderr_on_a_terminal
+
+    with stderr_on_a_terminal() as terminal:
+        evaluate.nelbo(encoder, tiny_dataset(5), num_samples=4, batch_size=2, seed=3)
+        evaluate.accuracy_by_ratio(encoder, tiny_dataset(5), batch_size=2)
+    assert re.search(r"\rNELBO: 100%\|█+\| 5/5 \[\d\d:\d\d<\d\d:\d\d, ", terminal.text)
+    assert re.search(r"\raccuracy by ratio: 100%\|█+\| 5/5 \[\d\d:\d\d<\d\d:\d\d, ", terminal.text)
+
+
+def test_judge_ignores_its_tokenizers_truncation_and_padding(tmp_path, gpt2_judge):
+    from tokenizers import Tokenizer
+
+    texts, contexts = [" and then it rained for a long while"] * 2, ["Once upon a time", ""]
+    judge = tmp_path / "judge"
+    shutil.copytree(gpt2_judge, judge)
+    backend = Tokenizer.from_file(str(judge / "tokenizer.json"))
+    backend.enable_truncation(4)
+    backend.enable_padding(length=16, pad_id=0, pad_token="!")
+    backend.save(str(judge / "tokenizer.json"))
+    assert evaluate.generative_perplexity(texts, judge, contexts=contexts) == evaluate.generative_perplexity(
+        texts, gpt2_judge, contexts=contexts)
