@@ -1,7 +1,8 @@
 """Train-step throughput: dlm-jax's jitted step vs a PyTorch AdamW step on transformers'
-RobertaForMaskedLM, same model config, same batch and masks, same CPU, one run; float32 and bf16.
+RobertaForMaskedLM and ModernBertForMaskedLM, same weights, same batch and masks, same CPU, one
+run; float32 and bf16.
 
-    python scripts/bench_train.py [--hidden 256 --layers 4 --batch 8 --seq-len 128 --steps 5]
+    python scripts/bench_train.py [--family both --hidden 256 --layers 4 --batch 8 --seq-len 128 --steps 5]
 
 Both sides train on the same masked batches: PyTorch gets the corruption our step draws
 (ratio_set, key fold_in(seed, step)). The two then compute the same loss; ours decodes only the
@@ -12,17 +13,18 @@ inputs with float32 accumulation for bf16). Times are medians over the timed ste
 """
 
 import argparse
+import copy
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-from flax import nnx
 
+from bench_common import converted, cpu_description, hf_masked_lm
 from dlm_jax import diffusion
-from dlm_jax.models import COMPUTE_DTYPES, EncoderConfig
-from dlm_jax.models.params import new_encoder
+from dlm_jax.models import COMPUTE_DTYPES
+from dlm_jax.models.params import abstract_encoder
 from dlm_jax.train.config import MeshConfig, TrainConfig
 from dlm_jax.train.mesh import make_mesh
 from dlm_jax.train.metrics import measure_matmul_tflops, step_flops
@@ -67,15 +69,14 @@ def median_step_time(one_step, steps):
     return float(np.median(times))
 
 
-def bench_jax(model_config, batch, dtype, steps):
+def bench_jax(model_config, params, batch, dtype, steps):
     config = train_config(model_config, batch, dtype)
     mesh = make_mesh(1, 1)
     optimizer = make_optimizer(config)
-    model = new_encoder(model_config, dtype=dtype)
-    graphdef, params = nnx.split(model)
-    params = nnx.to_pure_dict(params)
+    graphdef, _ = abstract_encoder(model_config, dtype=dtype)
+    params = jax.tree.map(jnp.asarray, params)
     state = [TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), None)]
-    step = jax.jit(make_train_step(config, graphdef, model_config, mesh, optimizer), donate_argnums=0)
+    step = jax.jit(make_train_step(config, graphdef, mesh, optimizer), donate_argnums=0)
     data = {"input_ids": jnp.asarray(batch), "prompt_mask": jnp.zeros(batch.shape, bool)}
     compiled = step.lower(state[0], data).compile()
 
@@ -86,17 +87,8 @@ def bench_jax(model_config, batch, dtype, steps):
     return median_step_time(one_step, steps)
 
 
-def bench_torch(model_config, batch, dtype, masks):
-    from transformers import RobertaConfig, RobertaForMaskedLM
-
-    hf = RobertaConfig(vocab_size=model_config.vocab_size, hidden_size=model_config.hidden_size,
-                       num_hidden_layers=model_config.num_hidden_layers,
-                       num_attention_heads=model_config.num_attention_heads,
-                       intermediate_size=model_config.intermediate_size,
-                       max_position_embeddings=model_config.max_position_embeddings,
-                       type_vocab_size=1, attn_implementation="sdpa")
-    torch.manual_seed(0)
-    model = RobertaForMaskedLM(hf).train()
+def bench_torch(torch_model, batch, dtype, masks):
+    model = copy.deepcopy(torch_model).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
     ids = torch.as_tensor(batch, dtype=torch.long)
 
@@ -115,6 +107,7 @@ def bench_torch(model_config, batch, dtype, masks):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", choices=("both", "roberta", "modernbert"), default="both")
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--vocab", type=int, default=50265)
@@ -122,29 +115,32 @@ def main():
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
-    model_config = EncoderConfig(vocab_size=args.vocab, hidden_size=args.hidden,
-                                 num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64,
-                                 intermediate_size=4 * args.hidden, max_position_embeddings=args.seq_len + 2,
-                                 mask_token_id=args.vocab - 1)
+    print(f"CPU: {cpu_description()}; JAX {jax.__version__}, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads)")
     batch = np.random.default_rng(0).integers(4, args.vocab - 1, (args.batch, args.seq_len), dtype=np.int32)
-    masks = corruptions(train_config(model_config, batch, "float32"), batch, args.steps + 1)
-    scored = float(np.mean([m.sum() for _, m in masks]))
-    flops = step_flops(model_config, args.seq_len, batch.size, scored)
-    print(f"model hidden {args.hidden} x {args.layers} layers, vocab {args.vocab}; batch "
-          f"{args.batch} x {args.seq_len}, {scored:.0f} scored tokens per step on average; "
-          f"{jax.devices()[0].device_kind}, torch threads {torch.get_num_threads()}; model FLOPs/step {flops:.3e}")
-    print("| dtype | matmul ceiling JAX / torch (TFLOP/s) | dlm-jax tok/s | MFU | PyTorch tok/s | MFU | speed-up |")
-    print("|---|---|---|---|---|---|---|")
-    times = {}
-    for dtype in ("float32", "bfloat16"):
-        ceiling_jax = measure_matmul_tflops(COMPUTE_DTYPES[dtype])
-        ceiling_torch = torch_matmul_tflops(getattr(torch, dtype))
-        times[dtype] = t_jax, t_torch = bench_jax(model_config, batch, dtype, args.steps), bench_torch(
-            model_config, batch, dtype, masks)
-        print(f"| {dtype} | {ceiling_jax:.3f} / {ceiling_torch:.3f} | {batch.size / t_jax:.0f} | "
-              f"{flops / t_jax / 1e12 / ceiling_jax:.1%} | {batch.size / t_torch:.0f} | "
-              f"{flops / t_torch / 1e12 / ceiling_torch:.1%} | {t_torch / t_jax:.2f}x |", flush=True)
-    print(f"dlm-jax bf16 vs PyTorch float32: {times['float32'][1] / times['bfloat16'][0]:.2f}x")
+    for family in ("roberta", "modernbert") if args.family == "both" else (args.family,):
+        torch_model = hf_masked_lm(family, vocab=args.vocab, hidden=args.hidden, layers=args.layers,
+                                   length=args.seq_len)
+        model_config, params = converted(torch_model)
+        model_config = model_config.replace(mask_token_id=args.vocab - 1)
+        masks = corruptions(train_config(model_config, batch, "float32"), batch, args.steps + 1)
+        scored = float(np.mean([m.sum() for _, m in masks]))
+        flops = step_flops(model_config, args.seq_len, batch.size, scored)
+        print(f"\n{family}: hidden {args.hidden} x {args.layers} layers, intermediate "
+              f"{model_config.intermediate_size}, vocab {args.vocab}; batch {args.batch} x {args.seq_len}, "
+              f"{scored:.0f} scored tokens per step on average; model FLOPs/step {flops:.3e}")
+        print("| dtype | matmul ceiling JAX / torch (TFLOP/s) | dlm-jax tok/s | MFU | PyTorch tok/s | MFU | speed-up |")
+        print("|---|---|---|---|---|---|---|")
+        times = {}
+        for dtype in ("float32", "bfloat16"):
+            ceiling_jax = measure_matmul_tflops(COMPUTE_DTYPES[dtype])
+            ceiling_torch = torch_matmul_tflops(getattr(torch, dtype))
+            times[dtype] = t_jax, t_torch = (bench_jax(model_config, params, batch, dtype, args.steps),
+                                             bench_torch(torch_model, batch, dtype, masks))
+            print(f"| {dtype} | {ceiling_jax:.3f} / {ceiling_torch:.3f} | {batch.size / t_jax:.0f} | "
+                  f"{flops / t_jax / 1e12 / ceiling_jax:.1%} | {batch.size / t_torch:.0f} | "
+                  f"{flops / t_torch / 1e12 / ceiling_torch:.1%} | {t_torch / t_jax:.2f}x |", flush=True)
+        print(f"{family}: dlm-jax bf16 vs PyTorch float32: {times['float32'][1] / times['bfloat16'][0]:.2f}x")
 
 
 if __name__ == "__main__":
