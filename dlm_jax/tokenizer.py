@@ -9,9 +9,10 @@ The one place that knows the tokenizer traps:
   `encode`/`encode_batch`, silently cutting each text to 128 tokens, until some HF `__call__`
   happens to reset them. `encode_texts` is the one way dlm-jax turns text into ids: it uses a
   copy of the backend with both switched off, so no tokenizer setting can change the data.
-Training a tokenizer on a corpus lives in `data` (it reads corpora).
+Training a tokenizer on a corpus lives in `data.bpe` (it reads corpora).
 """
 
+import hashlib
 import weakref
 from pathlib import Path
 
@@ -79,12 +80,11 @@ def plain_backend(tokenizer):
 
 def encode_texts(tokenizer, texts) -> list[list[int]]:
     """Token ids of each text, without special tokens and whole: never truncated or padded."""
-    return [e.ids for e in plain_backend(tokenizer).encode_batch(list(texts), add_special_tokens=False)]
+    encodings = plain_backend(tokenizer).encode_batch(list(texts), add_special_tokens=False)
+    return [encoding.ids for encoding in encodings]
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
     """A hash of what the tokenizer does to text (vocabulary, merges, normalisation), ignoring its
     truncation and padding settings, which HF's `__call__` resets as a side effect."""
-    import hashlib
-
     return hashlib.sha256(plain_backend(tokenizer).to_str().encode()).hexdigest()

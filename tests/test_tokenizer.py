@@ -34,3 +34,30 @@ def test_refusals_and_optional_tokenizer(shared_data, tmp_path):
     assert load_tokenizer(gpt2, required=False).mask_token_id is None
     with pytest.raises(UserError, match="has no mask token"):
         load_tokenizer(gpt2)
+
+
+def test_encode_texts_and_fingerprint_ignore_truncation_and_padding(shared_data, tmp_path):
+    """The same tokenizer with truncation (4) and Fixed padding (16) switched on in its
+    tokenizer.json: whole texts, one fingerprint; the tokenizer itself keeps its settings."""
+    import shutil
+
+    from tokenizers import Tokenizer
+
+    from dlm_jax.tokenizer import encode_texts, tokenizer_fingerprint
+
+    source = shared_data / "tokenizers" / "roberta-base"
+    shutil.copytree(source, tmp_path / "cut")
+    backend = Tokenizer.from_file(str(source / "tokenizer.json"))
+    backend.enable_truncation(4)
+    backend.enable_padding(length=16, pad_id=1, pad_token="<pad>")
+    backend.save(str(tmp_path / "cut" / "tokenizer.json"))
+    plain, cut = load_tokenizer(source), load_tokenizer(tmp_path / "cut")
+    texts = ["Before we proceed any further, hear me speak.", "Speak, speak."]
+    whole = [plain.backend_tokenizer.encode(t, add_special_tokens=False).ids for t in texts]
+    assert [len(ids) for ids in whole] == [10, 5]
+    assert [len(e.ids) for e in cut.backend_tokenizer.encode_batch(texts, add_special_tokens=False)] == [16, 16]
+    assert encode_texts(cut, texts) == encode_texts(plain, texts) == whole
+    assert cut.backend_tokenizer.truncation["max_length"] == 4  # left as it was
+    assert tokenizer_fingerprint(cut) == tokenizer_fingerprint(plain)
+    bert = load_tokenizer(shared_data / "tokenizers" / "bert-base-uncased")
+    assert tokenizer_fingerprint(bert) != tokenizer_fingerprint(plain)
