@@ -360,10 +360,11 @@ def test_defaults_and_step_fit_the_workdir(tmp_path, workdir, held_out_text):
     assert (latest["samples"]["prompt_len"], latest["samples"]["gen_length"]) == (16, 48)
     first = evaluate.evaluate(workdir, held_out_text, step=1, num_samples=0, **settings)
     assert first["nelbo_nats"] != latest["nelbo_nats"]  # the other checkpoint
-    step_dir = evaluate.evaluate(workdir / "checkpoints" / "1", held_out_text, num_samples=0, **settings)
-    assert {**step_dir, "checkpoint": None} == {**first, "checkpoint": None}
     with pytest.raises(UserError, match=r"^--checkpoint: .* has no step 5; saved steps: \[1, 2\]"):
         evaluate.evaluate(workdir, held_out_text, step=5, **settings)
+    # a checkpoint step directory is that step (read by checkpoint.read_any)
+    with pytest.raises(UserError, match=r"^--checkpoint: .*checkpoints/1 is the checkpoint of step 1 but step 2"):
+        evaluate.evaluate(workdir / "checkpoints" / "1", held_out_text, step=2, **settings)
 
 
 def test_nelbo_shows_a_progress_bar_on_a_terminal(encoder):
