@@ -5,10 +5,15 @@ The public entry points are `load` (a checkpoint, a training workdir or a Huggin
 that `import dlm_jax` stays cheap for the CLI's argument parsing.
 """
 
+from importlib import metadata
+
 from dlm_jax.errors import UserError
 
 __all__ = ["UserError", "generate", "load"]
-__version__ = "0.1.0"
+try:
+    __version__ = metadata.version("dlm-jax")  # pyproject.toml's, the one place it is written
+except metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "unknown"
 
 
 def __getattr__(name):

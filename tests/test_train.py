@@ -183,6 +183,7 @@ def test_bad_input_one_line(tmp_path, corpus, tokenizer_dir, capsys, case):
 
 def test_workdir_of_another_model_is_refused(tmp_path, corpus, tokenizer_dir, capsys):
     run(tmp_path / "w", corpus, tokenizer_dir, "steps=2")
+    capsys.readouterr()  # the first run's lines
     before = _snapshot(tmp_path / "w")
     rc = main(["train", "--config", "tiny", "--workdir", str(tmp_path / "w"), "--data", corpus,
                "--steps", "4", "--set", f"tokenizer={tokenizer_dir}", "--set", "model.hidden_size=32"])

@@ -1,14 +1,17 @@
 """`dlm-jax` command line: one sub-command per module in this package.
 
-Each sub-command module defines `add_parser(subparsers)` (its flags) and `run(args)` (calls into
-the library). This file only dispatches and turns `UserError` into one line on stderr.
+Each sub-command module defines `HELP` (a line per command it holds), `add_parser(subparsers)`
+(its flags) and `run(args)` (calls into the library). This file only dispatches and turns
+`UserError` and argparse's complaints into one line on stderr (exit status 2).
 """
 
 import argparse
 import importlib
 import logging
+import os
 import sys
 
+from dlm_jax import __version__
 from dlm_jax.errors import UserError
 
 # name -> module under dlm_jax.cli; imported lazily so `dlm-jax --help` does not import JAX.
@@ -26,21 +29,15 @@ def _build_parser(argv):
     parser = argparse.ArgumentParser(
         prog="dlm-jax", description="Masked text diffusion with BERT-family encoders in JAX."
     )
+    parser.add_argument("--version", action="version", version=f"dlm-jax {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     wanted = argv[0] if argv and argv[0] in COMMANDS else None
-    modules = {}
     for name, module_name in COMMANDS.items():
-        if wanted is not None and COMMANDS[wanted] != module_name:
-            sub.add_parser(name)  # listed in --help, flags parsed only when chosen
-            continue
-        if module_name not in modules:
-            try:
-                modules[module_name] = importlib.import_module(f"dlm_jax.cli.{module_name}")
-            except ModuleNotFoundError as err:
-                if err.name != f"dlm_jax.cli.{module_name}":
-                    raise
-                continue
-            modules[module_name].add_parser(sub)
+        module = importlib.import_module(f"dlm_jax.cli.{module_name}")
+        if name == wanted:
+            module.add_parser(sub, name)
+        else:  # listed in --help; its flags (which may import JAX for choices) only when chosen
+            sub.add_parser(name, help=module.HELP[name])
     return parser
 
 
@@ -54,13 +51,18 @@ def _quiet_logging():
     ours.setLevel(logging.INFO)
     ours.propagate = False
     logging.getLogger("absl").setLevel(logging.ERROR)
+    # transformers announces at import that PyTorch is missing, which only its models need.
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     _quiet_logging()
     parser = _build_parser(argv)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:  # --help, --version, or a bad flag (its line is printed)
+        return exit.code
     if getattr(args, "run", None) is None:
         parser.print_help()
         return 2

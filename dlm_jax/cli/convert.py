@@ -2,37 +2,70 @@
 
 Everything is read and converted in memory first, so a mistake in the input is reported before
 anything is written. The output is written beside OUT_DIR and moved into place at the end, so
-an existing OUT_DIR (replaced only with --force) survives a failure.
+an existing OUT_DIR survives a failure. --force replaces an earlier output of the same command
+or a folder of plain files, never the source, a folder holding it, a training workdir or any
+other folder with folders inside.
 """
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from dlm_jax.cli.options import non_negative_int, seed
 from dlm_jax.errors import UserError
 
-
-def add_parser(subparsers):
-    p = subparsers.add_parser("convert", help="HuggingFace BERT/RoBERTa directory -> dlm-jax model directory")
-    p.add_argument("hf_dir", type=Path, metavar="HF_DIR")
-    p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
-    p.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
-    p.add_argument("--seed", type=int, default=0, help="seed for a head missing from the checkpoint")
-    p.set_defaults(run=run_convert)
-
-    p = subparsers.add_parser("export", help="dlm-jax model directory or training workdir -> HuggingFace directory")
-    p.add_argument("ckpt_dir", type=Path, metavar="CKPT_DIR")
-    p.add_argument("hf_dir", type=Path, metavar="HF_DIR")
-    p.add_argument("--step", type=int, default=None, help="workdir checkpoint step (default: latest)")
-    p.add_argument("--force", action="store_true", help="replace a non-empty HF_DIR")
-    p.set_defaults(run=run_export)
+HELP = {
+    "convert": "HuggingFace BERT/RoBERTa directory -> dlm-jax model directory",
+    "export": "dlm-jax model directory or training workdir -> HuggingFace directory",
+}
 
 
-def _check_out_dir(out_dir: Path, force: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir} exists and is not a directory; choose another output path")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise UserError(f"{out_dir} is not empty; choose another output directory or pass --force to replace it")
+def add_parser(subparsers, name):
+    p = subparsers.add_parser(name, help=HELP[name])
+    if name == "convert":
+        p.add_argument("hf_dir", type=Path, metavar="HF_DIR")
+        p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+        p.add_argument("--force", action="store_true", help="replace an earlier conversion in OUT_DIR")
+        p.add_argument("--seed", type=seed, default=0, help="seed for a head missing from the checkpoint")
+        p.set_defaults(run=run_convert)
+    else:
+        p.add_argument("ckpt_dir", type=Path, metavar="CKPT_DIR")
+        p.add_argument("hf_dir", type=Path, metavar="HF_DIR")
+        p.add_argument("--step", type=non_negative_int, default=None, help="workdir checkpoint step (default: latest)")
+        p.add_argument("--force", action="store_true", help="replace an earlier export in HF_DIR")
+        p.set_defaults(run=run_export)
+
+
+def _is_conversion(path: Path) -> bool:
+    from dlm_jax.checkpoint import is_model_dir
+
+    return is_model_dir(path)
+
+
+def _check_out_dir(out_dir: Path, source: Path, force: bool, option: str, what: str, earlier=None) -> None:
+    """Refuse an output directory whose replacement would lose work. `earlier(path)`: whether
+    it holds an earlier output of this command (which may have folders of its own)."""
+    from dlm_jax.checkpoint import WORKDIR_CHECKPOINTS_DIR
+    from dlm_jax.data.sources import check_writable
+
+    out, src = out_dir.resolve(), source.resolve()
+    if out == src or out in src.parents:
+        held = "is the source" if out == src else f"holds the source {source}"
+        raise UserError(f"{option} {out_dir} {held}; write the output to another directory")
+    check_writable(out_dir, f"choose another {option}")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if not force:
+        raise UserError(f"{option} {out_dir} is not empty; choose another directory or pass --force to replace "
+                        f"an earlier {what} there")
+    if (out_dir / WORKDIR_CHECKPOINTS_DIR).is_dir():
+        raise UserError(f"{option} {out_dir} is a training workdir with checkpoints; --force replaces only an "
+                        f"earlier {what}, choose another directory")
+    folders = sorted(p.name for p in out_dir.iterdir() if p.is_dir())
+    if folders and not (earlier is not None and earlier(out_dir)):
+        raise UserError(f"{option} {out_dir} holds folders ({', '.join(folders[:3])}) and no earlier {what}; "
+                        "--force replaces only an earlier output or plain files, choose another directory")
 
 
 def _write_then_move(out_dir: Path, write) -> None:
@@ -42,6 +75,11 @@ def _write_then_move(out_dir: Path, write) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         write(tmp)
+        # The user's umask, not mkdtemp's 0700 or the 0600 safetensors gives its files.
+        umask = os.umask(0)
+        os.umask(umask)
+        for path in [tmp, *tmp.rglob("*")]:
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
@@ -54,7 +92,7 @@ def run_convert(args):
     from dlm_jax.checkpoint import save_model
     from dlm_jax.convert import convert_hf_dir
 
-    _check_out_dir(args.out_dir, args.force)
+    _check_out_dir(args.out_dir, args.hf_dir, args.force, "OUT_DIR", "conversion", _is_conversion)
     config, params, tokenizer, report = convert_hf_dir(args.hf_dir, seed=args.seed)
     _write_then_move(args.out_dir, lambda d: save_model(d, config, params, tokenizer))
     print(f"converted {args.hf_dir} ({config.model_type}, {config.num_hidden_layers} layers, "
@@ -66,10 +104,11 @@ def run_convert(args):
 
 
 def run_export(args):
-    from dlm_jax.checkpoint import read_any
+    from dlm_jax.checkpoint import read_any, workdir_and_step
     from dlm_jax.convert import export_hf
 
-    _check_out_dir(args.hf_dir, args.force)
+    source, _ = workdir_and_step(args.ckpt_dir)
+    _check_out_dir(args.hf_dir, source, args.force, "HF_DIR", "export")
     config, params, tokenizer = read_any(args.ckpt_dir, args.step)
     _write_then_move(args.hf_dir, lambda d: export_hf(d, config, params, tokenizer))
     print(f"exported {args.ckpt_dir} -> {args.hf_dir} ({config.model_type}, loads with "

@@ -1,43 +1,71 @@
 """`dlm-jax eval`: NELBO, accuracy by mask ratio and sample statistics -> a table or JSON."""
 
+import importlib.util
 import json
 import math
 import sys
+from pathlib import Path
+
+from dlm_jax.cli.options import non_negative_float, non_negative_int, positive_int, seed
+from dlm_jax.errors import UserError
+
+HELP = {"eval": "evaluate a model on held-out text"}
 
 
-def add_parser(subparsers):
+def add_parser(subparsers, name):
     p = subparsers.add_parser(
-        "eval", help="evaluate a model on held-out text",
+        name, help=HELP[name],
         description="NELBO (bits per token, perplexity bound), masked-token accuracy at mask ratios "
                     "0.1..1.0, and statistics of generated samples. See docs/evaluation.md.",
     )
-    p.add_argument("--checkpoint", required=True, help="a dlm-jax model dir, a training workdir or a HF dir")
+    p.add_argument("--checkpoint", required=True,
+                   help="a dlm-jax model dir, a training workdir (or one of its checkpoints/STEP dirs) or a HF dir")
+    p.add_argument("--step", type=non_negative_int, help="the workdir checkpoint to evaluate (default: latest)")
     p.add_argument("--data", required=True, help="tfds:NAME[/CONFIG][:SPLIT] or a local text file/directory")
     p.add_argument("--split", help="split to evaluate (default: test for TFDS and WikiText, else the whole data)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per held-out sequence (default 128)")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
-    p.add_argument("--max-sequences", type=int, help="evaluate only the first M sequences (default: all)")
-    p.add_argument("--nelbo-samples", type=int, default=8, help="Monte-Carlo draws of t per sequence (default 8)")
-    p.add_argument("--samples", type=int, default=8, help="samples to generate for statistics (0: none; default 8)")
-    p.add_argument("--prompt-len", type=int, default=16, help="prompt tokens taken from each held-out sequence")
-    p.add_argument("--gen-length", type=int, default=64, help="tokens generated after each prompt (default 64)")
-    p.add_argument("--steps", type=int, help="unmasking steps (default: --gen-length)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0: greedy; default 1)")
-    p.add_argument("--judge", help="a HF causal-LM directory (e.g. gpt2) for generative perplexity")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir", help="where packed data is cached (default: $DLM_JAX_CACHE or ~/.cache/dlm_jax)")
+    p.add_argument("--seq-len", type=positive_int,
+                   help="tokens per held-out sequence (default: the workdir's training length, else at most 128)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="sequences per forward pass (default 8)")
+    p.add_argument("--max-sequences", type=positive_int, help="evaluate only the first M sequences (default: all)")
+    p.add_argument("--nelbo-samples", type=positive_int, default=8,
+                   help="Monte-Carlo draws of t per sequence (default 8)")
+    p.add_argument("--samples", type=non_negative_int, default=8,
+                   help="samples to generate for statistics (0: none; default 8)")
+    p.add_argument("--prompt-len", type=positive_int, default=16, help="prompt tokens taken from each held-out sequence")
+    p.add_argument("--gen-length", type=positive_int,
+                   help="tokens generated after each prompt (default: what fits after the prompt, at most 64)")
+    p.add_argument("--steps", type=positive_int, help="unmasking steps (default: --gen-length)")
+    p.add_argument("--temperature", type=non_negative_float, default=1.0,
+                   help="sampling temperature (0: greedy; default 1)")
+    p.add_argument("--judge", help="a HF causal-LM directory (e.g. gpt2) for generative perplexity (needs PyTorch)")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--cache-dir", type=Path,
+                   help="where packed data is cached (default: $DLM_JAX_CACHE or ~/.cache/dlm_jax)")
     p.set_defaults(run=run)
 
 
+def _check_args(args):
+    """What the library would find only after loading or packing: optional dependencies and
+    writable outputs."""
+    from dlm_jax.data.sources import check_writable
+
+    if args.judge and args.samples and importlib.util.find_spec("torch") is None:
+        raise UserError("--judge runs a PyTorch causal LM, and PyTorch is not installed: pip install torch, "
+                        "or drop --judge")
+    if args.cache_dir is not None:
+        check_writable(args.cache_dir, "choose another --cache-dir")
+
+
 def run(args):
+    _check_args(args)
     from dlm_jax.evaluate import evaluate
 
     results = evaluate(
         args.checkpoint, args.data, seq_len=args.seq_len, batch_size=args.batch_size,
         max_sequences=args.max_sequences, nelbo_samples=args.nelbo_samples, num_samples=args.samples,
         prompt_len=args.prompt_len, gen_length=args.gen_length, steps=args.steps,
-        temperature=args.temperature, judge=args.judge, split=args.split, seed=args.seed,
+        temperature=args.temperature, judge=args.judge, split=args.split, seed=args.seed, step=args.step,
         cache_dir=args.cache_dir, log=lambda message: print(f"eval: {message}", file=sys.stderr, flush=True),
     )
     print(json.dumps(json_safe(results)) if args.json else table(results))

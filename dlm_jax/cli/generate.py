@@ -1,39 +1,51 @@
 """`dlm-jax generate`: fill masks after a prompt with the on-device sampler; print the text."""
 
+import importlib.util
 import json
+import sys
 from pathlib import Path
 
+from dlm_jax.cli.options import non_negative_float, non_negative_int, positive_int, probability, seed
 from dlm_jax.errors import UserError
 
+HELP = {"generate": "generate text by unmasking (diffusion sampling)"}
+GEN_LENGTH_CAP = 128  # the default --gen-length: what fits after the longest prompt, at most this
 
-def add_parser(subparsers):
+
+def add_parser(subparsers, name):
+    from dlm_jax.models import COMPUTE_DTYPES
+
     p = subparsers.add_parser(
-        "generate",
-        help="generate text by unmasking (diffusion sampling)",
+        name,
+        help=HELP[name],
         description="Fill --gen-length mask tokens after each prompt in --steps unmasking steps, "
         "all on the accelerator in one compiled program. Mask tokens written inside the prompt "
-        "(e.g. <mask>) are filled too.",
+        "(e.g. <mask>) are filled too, and the filled prompt is printed.",
     )
-    p.add_argument("--checkpoint", required=True, help="our model dir, a training workdir or a HF dir")
+    p.add_argument("--checkpoint", required=True,
+                   help="our model dir, a training workdir (or one of its checkpoints/STEP dirs) or a HF dir")
+    p.add_argument("--step", type=non_negative_int, help="the workdir checkpoint to use (default: latest)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text")
-    src.add_argument("--prompt-file", type=Path, help="file with one prompt per line (a batch)")
-    p.add_argument("--gen-length", type=int, required=True, help="tokens to generate per prompt")
-    p.add_argument("--steps", type=int, required=True, help="unmasking steps (the bound for threshold)")
-    p.add_argument("--block-length", type=int, help="semi-autoregressive block length (default: one block)")
-    p.add_argument("--remasking", default="low_confidence", help="low_confidence (default), random, topk_margin, entropy, origin, threshold, "
-                   "random_remask; see docs/sampling.md")
+    src.add_argument("--prompt-file", type=Path, help="UTF-8 file with one prompt per line (a batch)")
+    p.add_argument("--gen-length", type=positive_int,
+                   help=f"tokens to generate per prompt (default: what fits after the prompt in the workdir's "
+                   f"training length or the model's positions, at most {GEN_LENGTH_CAP})")
+    p.add_argument("--steps", type=positive_int, help="unmasking steps (default: --gen-length; the bound for threshold)")
+    p.add_argument("--block-length", type=positive_int, help="semi-autoregressive block length (default: one block)")
+    p.add_argument("--remasking", default="low_confidence", help="low_confidence (default), random, topk_margin, "
+                   "entropy, origin, threshold, random_remask; see docs/sampling.md")
     p.add_argument("--schedule", default="even", help="tokens committed per step: even (default), cosine, linear")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, help="nucleus sampling mass in (0, 1]")
-    p.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
-    p.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance weight")
-    p.add_argument("--confidence-threshold", type=float, help="for --remasking threshold (default 0.9)")
+    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=probability, help="nucleus sampling mass in (0, 1]; needs --temperature > 0")
+    p.add_argument("--top-k", type=positive_int, help="sample among the k most likely tokens; needs --temperature > 0")
+    p.add_argument("--cfg-scale", type=non_negative_float, default=0.0, help="classifier-free guidance weight")
+    p.add_argument("--confidence-threshold", type=probability, help="for --remasking threshold (default 0.9)")
     p.add_argument("--forbid-eos", action="store_true", help="never generate the EOS token")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
-    p.add_argument("--json", action="store_true", help="print ids and text as JSON lines")
-    p.add_argument("--show", action="store_true", help="replay the unmasking in the terminal")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--dtype", default="float32", choices=tuple(COMPUTE_DTYPES), help="compute dtype")
+    p.add_argument("--json", action="store_true", help="print one JSON line per prompt")
+    p.add_argument("--show", action="store_true", help="replay the unmasking in the terminal (first prompt)")
     p.add_argument("--trajectory", type=Path, help="write the replay to FILE.html or FILE.gif (first prompt)")
     p.set_defaults(run=run)
 
@@ -42,26 +54,67 @@ def _prompts(args) -> list[str]:
     if args.prompt is not None:
         return [args.prompt]
     try:
-        lines = [line for line in args.prompt_file.read_text().splitlines() if line.strip()]
+        raw = args.prompt_file.read_bytes()
     except OSError as err:
         raise UserError(f"cannot read --prompt-file {args.prompt_file}: {err.strerror}") from None
+    fix = "give a UTF-8 text file with one prompt per line"
+    if b"\0" in raw:
+        raise UserError(f"--prompt-file {args.prompt_file} holds NUL bytes (a binary file?); {fix}")
+    try:
+        lines = [line for line in raw.decode("utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as err:
+        raise UserError(f"--prompt-file {args.prompt_file} is not UTF-8 text (byte {err.start}); {fix}") from None
     if not lines:
         raise UserError(f"--prompt-file {args.prompt_file} has no prompts (one per line)")
     return lines
 
 
 def _check_args(args):
-    """Mistakes visible from the flags alone, before the checkpoint is read."""
+    """Mistakes visible from the flags alone, and outputs that could not be written, before the
+    checkpoint is read: nothing the run computes may be lost at its end."""
+    from dlm_jax.data.sources import check_writable
     from dlm_jax.sampling import SCHEDULES, STRATEGIES
 
     if args.remasking not in STRATEGIES:
         raise UserError(f"unknown --remasking {args.remasking!r}; choose one of {', '.join(STRATEGIES)}")
     if args.schedule not in SCHEDULES:
         raise UserError(f"unknown --schedule {args.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-    if args.steps <= 0 or args.gen_length <= 0:
-        raise UserError("--steps and --gen-length must be positive")
-    if args.trajectory is not None and args.trajectory.suffix.lower() not in (".html", ".gif"):
-        raise UserError(f"--trajectory {args.trajectory} must end in .html or .gif")
+    if args.temperature == 0:
+        for option, value in (("--top-p", args.top_p), ("--top-k", args.top_k)):
+            if value is not None:
+                raise UserError(f"{option} shapes sampling, but --temperature 0 decodes greedily; "
+                                f"add --temperature T > 0 or drop {option}")
+    if args.show and not sys.stdout.isatty():
+        raise UserError("--show replays in a terminal, but the output is not one; use --trajectory FILE.html "
+                        "to keep the replay")
+    if args.trajectory is not None:
+        suffix = args.trajectory.suffix.lower()
+        if suffix not in (".html", ".gif"):
+            raise UserError(f"--trajectory {args.trajectory} must end in .html or .gif")
+        if args.trajectory.is_dir():
+            raise UserError(f"--trajectory {args.trajectory} is a directory; name a file")
+        check_writable(args.trajectory.parent, "choose another --trajectory")
+        if suffix == ".gif" and importlib.util.find_spec("PIL") is None:
+            raise UserError("--trajectory .gif needs Pillow, which is not installed: pip install pillow, "
+                            "or write FILE.html")
+
+
+def _gen_length(args, model, prompts) -> int:
+    """--gen-length, or what fits after the longest prompt in the length the model was trained
+    at (a workdir) or its positions, at most GEN_LENGTH_CAP (a multiple of --block-length)."""
+    if args.gen_length is not None:
+        return args.gen_length
+    from dlm_jax.checkpoint import trained_seq_len
+
+    longest = max(len(p) for p in prompts)
+    length = trained_seq_len(args.checkpoint) or model.config.max_length
+    room = min(length - longest, GEN_LENGTH_CAP)
+    if args.block_length is not None:
+        room -= room % args.block_length
+    if room <= 0:
+        raise UserError(f"a prompt of {longest} tokens leaves no room in the {length} positions of "
+                        f"{args.checkpoint}; shorten the prompt")
+    return room
 
 
 def run(args):
@@ -72,39 +125,60 @@ def run(args):
     from dlm_jax.api import load
     from dlm_jax.sampling import encode_prompt, generate, generated_text
 
-    model = load(args.checkpoint, dtype=args.dtype)
-    tokenizer = model.tokenizer
+    try:
+        model = load(args.checkpoint, dtype=args.dtype, step=args.step)
+    except UserError as err:
+        raise UserError(f"--checkpoint: {err}") from None
+    tokenizer, config = model.tokenizer, model.config
     if tokenizer is None:
         raise UserError(f"{args.checkpoint} has no tokenizer files; save the tokenizer with the checkpoint")
+    if args.top_k is not None and args.top_k > config.vocab_size:
+        raise UserError(f"--top-k {args.top_k} exceeds the vocabulary of {config.vocab_size} tokens; "
+                        f"use at most {config.vocab_size}")
     prompts = [encode_prompt(tokenizer, t) for t in texts]
+    gen_length = _gen_length(args, model, prompts)
     want_history = args.show or args.trajectory is not None
     result = generate(
-        model, prompts, gen_length=args.gen_length, steps=args.steps, block_length=args.block_length,
+        model, prompts, gen_length=gen_length, steps=args.steps or gen_length, block_length=args.block_length,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, remasking=args.remasking,
         schedule=args.schedule, cfg_scale=args.cfg_scale, confidence_threshold=args.confidence_threshold,
         forbid_eos=args.forbid_eos, seed=args.seed, return_history=want_history,
     )
     ids, history = result if want_history else (result, None)
-    width = max(len(p) for p in prompts)
-    outputs = generated_text(tokenizer, ids, width, eos_id=model.config.eos_token_id)
+    width = ids.shape[1] - gen_length  # prompts are left-padded to the longest
 
+    frames = None
     if want_history:
         from dlm_jax import trajectory
 
         first = prompts[0]
-        initial = np.asarray(first + [model.config.mask_token_id] * args.gen_length)
+        initial = np.asarray(first + [config.mask_token_id] * gen_length)
         frames = trajectory.frames(tokenizer, history[:, 0, width - len(first):], initial, len(first),
-                                   model.config.mask_token_id)
-        if args.show:
+                                   config.mask_token_id)
+        if args.show:  # first: the replay clears the screen
             trajectory.show(frames)
-        if args.trajectory is not None:
-            if args.trajectory.suffix.lower() == ".gif":
-                trajectory.write_gif(args.trajectory, frames)
-            else:
-                trajectory.write_html(args.trajectory, frames)
 
-    for prompt_ids, text, row in zip(prompts, outputs, ids):
+    for i, (text, prompt_ids, row) in enumerate(zip(texts, prompts, ids)):
+        start = width - len(prompt_ids)
+        generated = generated_text(tokenizer, row[None], width, eos_id=config.eos_token_id)[0]
+        filled = tokenizer.decode(row[start:width].tolist(), skip_special_tokens=True)
         if args.json:
-            print(json.dumps({"prompt_ids": prompt_ids, "ids": row[width:].tolist(), "text": text}))
+            print(json.dumps({"prompt_ids": prompt_ids, "filled_prompt": filled, "ids": row[width:].tolist(),
+                              "text": generated}))
+            continue
+        if len(texts) > 1:  # one block per prompt
+            if i:
+                print()
+            print(f"--- prompt {i + 1} of {len(texts)}: {text}")
+        if config.mask_token_id in prompt_ids:  # the filled prompt, then what follows it
+            print(generated_text(tokenizer, row[None], start, eos_id=config.eos_token_id)[0])
         else:
-            print(text)
+            print(generated)
+    sys.stdout.flush()
+
+    if args.trajectory is not None:  # after the text: a failed write cannot take it along
+        args.trajectory.parent.mkdir(parents=True, exist_ok=True)
+        if args.trajectory.suffix.lower() == ".gif":
+            trajectory.write_gif(args.trajectory, frames)
+        else:
+            trajectory.write_html(args.trajectory, frames)

@@ -2,13 +2,14 @@
 
 from pathlib import Path
 
+from dlm_jax.cli.options import positive_int
 from dlm_jax.errors import UserError
 
+HELP = {"tokenizer": "train a byte-level BPE tokenizer on a corpus"}
 
-def add_parser(subparsers):
-    parser = subparsers.add_parser(
-        "tokenizer", help="train a byte-level BPE tokenizer on a corpus"
-    )
+
+def add_parser(subparsers, name):
+    parser = subparsers.add_parser(name, help=HELP[name])
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     train = actions.add_parser(
         "train",
@@ -24,7 +25,7 @@ def add_parser(subparsers):
         "--out", required=True, type=Path, help="directory to write the tokenizer files into"
     )
     train.add_argument(
-        "--vocab-size", type=int, default=8192, help="target vocabulary size (default 8192)"
+        "--vocab-size", type=positive_int, default=8192, help="target vocabulary size (default 8192)"
     )
     train.set_defaults(run=run_train)
 
@@ -33,7 +34,7 @@ def run_train(args):
     from dlm_jax.data import train_tokenizer
 
     if (args.out / "tokenizer.json").exists():
-        raise UserError(f"{args.out} already holds a tokenizer; choose another --out or remove it")
+        raise UserError(f"--out {args.out} already holds a tokenizer; choose another --out or remove it")
     tokenizer = train_tokenizer(args.data, args.out, vocab_size=args.vocab_size)
     sample = "Hello world, this is dlm-jax."
     ids = tokenizer(sample)["input_ids"]

@@ -17,6 +17,7 @@ from pathlib import Path
 import dlm_jax.configs
 from dlm_jax.diffusion import ObjectiveConfig
 from dlm_jax.errors import UserError
+from dlm_jax.models import COMPUTE_DTYPES
 from dlm_jax.models.config import EncoderConfig
 
 # Presets live in the repository's configs/ folder (installed as dlm_jax.configs), one module
@@ -68,7 +69,7 @@ class TrainConfig:
     adam_eps: float = 1e-6
     clip_norm: float = 1.0
     # Compute.
-    dtype: str = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+    dtype: str = "float32"  # compute dtype, a name of models.COMPUTE_DTYPES (parameters stay float32)
     remat: bool = False
     attention: str | None = None  # jax.nn.dot_product_attention implementation
     # Scored tokens decoded per iteration of the fused vocabulary cross-entropy (ops.py): the
@@ -90,8 +91,32 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+# What a changed key means when a run resumes a workdir (checkpointing.check_workdir). Keys not
+# named here (model, tokenizer, objective, data, seq_len, batch_size, the optimizer's, dtype,
+# ema_decay, seed) change what the next steps compute: refused unless --allow-changes.
+RESUME_FREE = ("checkpoint_every", "keep_checkpoints", "log_every", "peak_tflops")  # bookkeeping
+RESUME_LAYOUT = ("mesh", "parallelism", "sharding_rules", "grad_accum_steps", "remat", "attention",
+                 "loss_chunk_size")  # how, not what, is computed
+RESUME_IGNORED = ("init", "tokenizer_vocab_size")  # read by a fresh run only
+# The learning-rate schedule: a change is exact when every step already trained keeps its rate
+# (e.g. more steps during warmup, or a constant rate after it).
+SCHEDULE_KEYS = ("lr", "warmup_steps", "schedule", "end_lr_ratio", "steps")
+
+# HuggingFace Trainer's names for our keys: an unknown key that is one of these names ours.
+HF_NAMES = {
+    "learning_rate": "lr", "max_steps": "steps", "num_train_steps": "steps", "train_batch_size": "batch_size",
+    "per_device_train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum_steps",
+    "lr_scheduler_type": "schedule", "adam_beta1": "b1", "adam_beta2": "b2", "adam_epsilon": "adam_eps",
+    "max_grad_norm": "clip_norm", "save_steps": "checkpoint_every", "save_total_limit": "keep_checkpoints",
+    "logging_steps": "log_every", "max_seq_length": "seq_len", "max_length": "seq_len", "block_size": "seq_len",
+    "gradient_checkpointing": "remat", "mlm_probability": "objective.bert_mask_prob",
+}
+
+
 def _close(name: str, names, prefix: str) -> str:
-    close = [prefix + n for n in difflib.get_close_matches(name, list(names), n=3, cutoff=0.5)]
+    if not prefix and name in HF_NAMES:
+        return f"HuggingFace's {name} is {HF_NAMES[name]} here"
+    close = [prefix + n for n in difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)]
     if close:
         return f"did you mean {', '.join(close)}?"
     return f"known keys: {', '.join(prefix + n for n in sorted(names))}"
@@ -217,7 +242,7 @@ def resolve_config(name_or_path: str = "tiny", sets=(), **overrides) -> TrainCon
 
 def validate(config: TrainConfig) -> None:
     """Cheap checks that would otherwise fail after compilation."""
-    choices = {"schedule": ("cosine", "linear"), "dtype": ("float32", "bfloat16"),
+    choices = {"schedule": ("cosine", "linear"), "dtype": tuple(COMPUTE_DTYPES),
                "parallelism": ("mesh", "pmap")}
     for key, allowed in choices.items():
         if getattr(config, key) not in allowed:
@@ -234,6 +259,20 @@ def validate(config: TrainConfig) -> None:
         )
     if config.ema_decay is not None and not 0.0 <= config.ema_decay < 1.0:
         raise UserError(f"ema_decay must be in [0, 1) or none (got {config.ema_decay})")
+    # (value, holds, what it must be); `not holds` also catches NaN
+    ranges = {
+        "lr": (config.lr, config.lr > 0, "> 0"), "clip_norm": (config.clip_norm, config.clip_norm > 0, "> 0"),
+        "adam_eps": (config.adam_eps, config.adam_eps > 0, "> 0"),
+        "warmup_steps": (config.warmup_steps, config.warmup_steps >= 0, ">= 0"),
+        "weight_decay": (config.weight_decay, config.weight_decay >= 0, ">= 0"),
+        "end_lr_ratio": (config.end_lr_ratio, config.end_lr_ratio >= 0, ">= 0"),
+        "b1": (config.b1, 0 <= config.b1 < 1, "in [0, 1)"), "b2": (config.b2, 0 <= config.b2 < 1, "in [0, 1)"),
+        "seed": (config.seed, 0 <= config.seed < 2**32, "in [0, 2**32)"),
+        "peak_tflops": (config.peak_tflops, config.peak_tflops is None or config.peak_tflops > 0, "> 0 or none"),
+    }
+    for key, (value, holds, must) in ranges.items():
+        if not holds:
+            raise UserError(f"{key} must be {must} (got {value})")
 
 
 def save_config(config: TrainConfig, path: Path) -> None:

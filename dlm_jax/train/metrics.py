@@ -1,18 +1,23 @@
-"""Throughput accounting and the three metric sinks (console, TensorBoard, metrics.jsonl).
+"""Throughput accounting, the console (one stream: stderr, with a progress bar on a terminal)
+and the metric sinks (TensorBoard, metrics.jsonl).
 
 Model FLOPs of a step (docs/training.md): every token goes through the encoder, only scored
 tokens through the vocabulary decoder (ops.vocab_cross_entropy skips the others, and the loss
 does not depend on them):
-    encoder: 6 * (layers * (4 h^2 + 2 h i) + h^2) + 12 * layers * seq_len * h   per token
-    decoder: 6 * h * V                                                        per scored token
-The first term counts the weights that take part in a matmul (attention and feed-forward
-kernels, the MLM head's dense layer), the second attention's scores and weighted sum (2 matmuls
-of 2 * seq_len * h FLOPs per token forward, times 3 for forward + backward). Remat's
-recomputation is not counted (the usual MFU convention).
+    encoder: 6 * N + 12 * layers * seq_len * h   per token
+    decoder: 6 * h * V                           per scored token
+N counts the weights that take part in a matmul: every kernel of the parameter tree (attention
+and feed-forward, the MLM head's dense layer; embedding lookups are free), so each family's
+layout counts as built (BERT: layers * (4 h^2 + 2 h i) + h^2; ModernBERT's gated feed-forward
+has 3 h i). The second term is attention's scores and weighted sum (2 matmuls of 2 * seq_len * h
+FLOPs per token forward, times 3 for forward + backward). Remat's recomputation is not counted
+(the usual MFU convention).
 """
 
+import functools
 import json
 import math
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,8 +25,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 from etils import epath
+from tqdm import tqdm
 
-from dlm_jax.train.checkpointing import is_remote
+from dlm_jax.models.params import shapes
 
 # Dense bf16 peak FLOP/s per device (vendor data sheets); override with peak_tflops.
 PEAK_TFLOPS = {
@@ -30,11 +36,43 @@ PEAK_TFLOPS = {
 }
 
 
+@functools.lru_cache
+def matmul_weights(model_config) -> int:
+    """Weights of the encoder's matmul kernels (embedding tables and the decoder excluded)."""
+    return sum(math.prod(shape) for path, shape in shapes(model_config).items() if path.endswith("kernel"))
+
+
 def step_flops(model_config, seq_len: int, tokens: float, scored_tokens: float) -> float:
     """Model FLOPs of a training step over `tokens` tokens of which `scored_tokens` are scored."""
-    h, i, layers = model_config.hidden_size, model_config.intermediate_size, model_config.num_hidden_layers
-    encoder = 6.0 * (layers * (4 * h * h + 2 * h * i) + h * h) + 12.0 * layers * seq_len * h
+    h, layers = model_config.hidden_size, model_config.num_hidden_layers
+    encoder = 6.0 * matmul_weights(model_config) + 12.0 * layers * seq_len * h
     return encoder * tokens + 6.0 * h * model_config.vocab_size * scored_tokens
+
+
+class Throughput:
+    """Step time, tokens/s, model TFLOP/s and MFU over the steps since the last logged one."""
+
+    def __init__(self, config, peak: float):
+        self.model, self.seq_len, self.peak = config.model, config.seq_len, peak
+        self.tokens_per_step = config.batch_size * config.seq_len
+        self.start, self.steps = time.perf_counter(), 0
+
+    def tick(self) -> None:
+        self.steps += 1
+
+    def record(self, step: int, metrics: dict, objective_name: str) -> dict:
+        """The logged line of `step` (its device metrics summarised) with the interval's rates;
+        starts the next interval. Call after the step's results are on the host."""
+        step_time = (time.perf_counter() - self.start) / max(self.steps, 1)
+        record = {"step": step, **summarize(metrics, objective_name)}
+        record["step_time"] = step_time
+        record["tokens_per_s"] = self.tokens_per_step / step_time
+        # Model FLOPs of the logged step (its scored tokens) over the interval's mean time.
+        flops = step_flops(self.model, self.seq_len, self.tokens_per_step, record["scored_tokens"])
+        record["tflops"] = flops / step_time / 1e12
+        record["mfu"] = record["tflops"] / self.peak
+        self.start, self.steps = time.perf_counter(), 0
+        return record
 
 
 def measure_matmul_tflops(dtype, size: int = 2048, repeats: int = 3) -> float:
@@ -63,6 +101,32 @@ def peak_tflops(override: float | None, dtype, num_devices: int) -> tuple[float,
     return per_host * jax.process_count(), f"measured {kind} matmul ceiling {per_host:.3f} per host"
 
 
+def say(message: str, *, every_process: bool = False) -> None:
+    """One console line on stderr, above the progress bar when there is one (process 0 only,
+    unless every_process)."""
+    if every_process or jax.process_index() == 0:
+        tqdm.write(message, file=sys.stderr)
+
+
+def progress_bar(start: int, total: int) -> tqdm:
+    """Steps done, rate and ETA on process 0 when stderr is a terminal (tqdm leaves pipes and log
+    files alone; the logged lines say the same there)."""
+    return tqdm(initial=start, total=total, unit="step", file=sys.stderr, dynamic_ncols=True, leave=False,
+                disable=None if jax.process_index() == 0 else True)
+
+
+def progress_line(record: dict, total: int) -> str:
+    parts = [f"step {record['step']}/{total}", f"loss {record['loss']:.4f}"]
+    if "accuracy" in record:
+        parts.append(f"acc {record['accuracy']:.3f}")
+    if "bits_per_token" in record:
+        parts.append(f"{record['bits_per_token']:.3f} bits/tok")
+    parts += [f"gnorm {record['grad_norm']:.3f}", f"lr {record['lr']:.2e}",
+              f"{record['step_time'] * 1e3:.0f} ms/step", f"{record['tokens_per_s']:.0f} tok/s",
+              f"{record['tflops']:.3f} TFLOP/s", f"MFU {100 * record['mfu']:.1f}%"]
+    return " | ".join(parts)
+
+
 class MetricsWriter:
     """Writes logged steps to WORKDIR/metrics.jsonl and TensorBoard (process 0 only).
 
@@ -76,6 +140,8 @@ class MetricsWriter:
         self.enabled = enabled
         self.path = workdir / "metrics.jsonl"
         self.tensorboard_dir = workdir / "tensorboard"
+        from dlm_jax.train.checkpointing import is_remote  # checkpointing imports `say` from here
+
         self.remote = is_remote(workdir)
         self.lines = []  # the file's content, kept for rewrites
         self.tensorboard = None

@@ -82,9 +82,9 @@ def _varying(tree):
     return jax.tree.map(lambda x: jax.lax.pcast(x, BATCH_AXES, to="varying"), tree)
 
 
-def make_train_step(config, graphdef, model_config, mesh, optimizer):
+def make_train_step(config, graphdef, mesh, optimizer):
     """The step function (not yet jitted): (TrainState, batch) -> (TrainState, metrics)."""
-    objective = config.objective
+    model_config, objective = config.model, config.objective
     accum = config.grad_accum_steps
     base_key = jax.random.key(config.seed)
     schedule = learning_rate_schedule(config)
