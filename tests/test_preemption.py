@@ -2,9 +2,10 @@
 
 - SIGTERM to one of two processes (2 x 4 CPU devices, gloo on 127.0.0.1): both stop after the
   same step, save it and exit 0, and a restart finishes with the parameters of a run that was
-  never interrupted.
+  never interrupted. Ctrl-C to one of them does the same, and process 0 holds the workdir lock.
 - A workdir in a bucket (gs:// on fake-gcs-server: no network, no credentials) trains and
-  resumes to the same files and parameters as a local workdir.
+  resumes to the same files and parameters as a local workdir; its lock is a lease that a second
+  run respects and a stale one is taken over.
 """
 
 import json
@@ -111,6 +112,26 @@ def test_sigterm_to_one_process_stops_both_at_one_step(tmp_path, shared_data):
         assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow  # one 2-process launch
+def test_ctrl_c_to_one_process_stops_both_at_one_step(tmp_path, shared_data):
+    from dlm_jax.data import train_tokenizer
+
+    corpus = str(shared_data / "tinyshakespeare" / "input.txt")
+    tokenizer = tmp_path / "tokenizer"
+    train_tokenizer(corpus, tokenizer, vocab_size=512)
+    runs = _launch(tmp_path / "w", corpus, str(tokenizer), BUDGET, "w")
+    _wait_for(runs[0][1], f"step 3/{BUDGET}", runs[0][0])
+    holder = json.loads((tmp_path / "w" / "train.lock").read_text())
+    assert holder["pid"] == runs[0][0].pid  # process 0 holds the lock for both
+    runs[1][0].send_signal(signal.SIGINT)
+    outputs = _finish(runs)
+    saved = [int(m.group(1)) for out in outputs for m in re.finditer(r"saved step (\d+), exiting", out)]
+    assert len(saved) == 2 and saved[0] == saved[1] and 3 <= saved[0] < BUDGET, saved
+    assert "Ctrl-C: saving the current step" in outputs[1]
+    steps = [int(p.name) for p in (tmp_path / "w" / "checkpoints").iterdir() if p.name.isdigit()]
+    assert steps == [saved[0]] and not (tmp_path / "w" / "train.lock").exists()
+
+
 @pytest.fixture
 def gcs_bucket(tmp_path, monkeypatch):
     """gs://bucket on fake-gcs-server (in memory, on 127.0.0.1), reached by gcsfs (etils.epath)
@@ -180,3 +201,25 @@ def test_workdir_in_a_bucket_trains_and_resumes_like_a_local_one(tmp_path, share
     for a, b in zip(jax.tree.leaves(_final_params(remote, 6)), jax.tree.leaves(_final_params(local, 6)),
                     strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_lock_in_a_bucket_is_a_lease(gcs_bucket):
+    from dlm_jax.errors import UserError
+    from dlm_jax.train.checkpointing import LEASE_SECONDS, LOCK_FILE, WorkdirLock
+
+    workdir = epath.Path(f"{gcs_bucket}/runs/locked")
+    with WorkdirLock(workdir):
+        holder = json.loads((workdir / LOCK_FILE).read_text())
+        assert holder["pid"] == os.getpid()
+        with pytest.raises(UserError, match=f"in use by dlm-jax train \\(pid {os.getpid()} "):
+            WorkdirLock(workdir).__enter__()
+    assert not (workdir / LOCK_FILE).exists()
+    # A holder on another machine that stopped renewing its lease long ago is gone.
+    stale = {"pid": 1, "host": "elsewhere", "since": "then", "token": "x", "alive": time.time() - LEASE_SECONDS - 1}
+    (workdir / LOCK_FILE).write_text(json.dumps(stale))
+    with WorkdirLock(workdir):
+        assert json.loads((workdir / LOCK_FILE).read_text())["pid"] == os.getpid()
+    stale["alive"] = time.time()  # renewed just now: in use
+    (workdir / LOCK_FILE).write_text(json.dumps(stale))
+    with pytest.raises(UserError, match="pid 1 on elsewhere"):
+        WorkdirLock(workdir).__enter__()

@@ -1,7 +1,12 @@
 """Training: parallel modes agree, accumulation is exact, resume is bit-exact, loss falls, and
-every bad input stops with one line before anything is lost. Tiny models on 8 CPU devices."""
+every bad input stops with one line before anything is lost. A workdir has one owner (a second
+run is refused, a dead run's lock taken over), Ctrl-C saves like SIGTERM, a resume says what
+changed and refuses what would not continue the run exactly, and a failed run leaves nothing a
+later one reuses. Tiny models on 8 CPU devices; locks and signals in real processes."""
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -64,6 +69,32 @@ def test_config_sets_and_unknown_key():
         resolve_config("tiny", ["lr=fast"])
     with pytest.raises(UserError, match="no config preset or file 'tinyy'"):
         resolve_config("tinyy")
+    # HuggingFace's names point to ours; the dtype names are models.COMPUTE_DTYPES'
+    with pytest.raises(UserError, match="HuggingFace's learning_rate is lr here"):
+        resolve_config("tiny", ["learning_rate=1e-3"])
+    with pytest.raises(UserError, match="choose one of float32, bfloat16"):
+        resolve_config("tiny", ["dtype=float16"])
+    for bad, key in (("seed=-1", "seed"), ("lr=0", "lr"), ("b2=1", "b2"), ("warmup_steps=-1", "warmup_steps")):
+        with pytest.raises(UserError, match=f"^{key} must be"):
+            resolve_config("tiny", [bad])
+
+
+def test_step_flops_count_every_matmul_kernel_of_each_family():
+    """6 FLOPs per weight of every matmul and token, attention's scores and sums, the decoder for
+    scored tokens only; the weights as each family builds them (ModernBERT's gated feed-forward
+    has a 2i-wide input kernel)."""
+    from dlm_jax.models import EncoderConfig
+    from dlm_jax.train.metrics import step_flops
+
+    h, i, layers, vocab, seq = 64, 256, 2, 1000, 32
+    common = dict(hidden_size=h, intermediate_size=i, num_hidden_layers=layers, num_attention_heads=2,
+                  vocab_size=vocab, max_position_embeddings=66)
+    for config, feed_forward in ((EncoderConfig(model_type="roberta", **common), 2 * h * i),
+                                 (EncoderConfig(model_type="bert", **common), 2 * h * i),
+                                 (EncoderConfig(model_type="modernbert", local_attention=16, **common), 3 * h * i)):
+        weights = layers * (4 * h * h + feed_forward) + h * h  # + the MLM head's dense layer
+        per_token = 6 * weights + 12 * layers * seq * h
+        assert step_flops(config, seq, 512, 100) == per_token * 512 + 6 * h * vocab * 100, config.model_type
 
 
 def test_parallel_modes_and_accumulation_agree(tmp_path, corpus, tokenizer_dir):
@@ -190,3 +221,128 @@ def test_workdir_of_another_model_is_refused(tmp_path, corpus, tokenizer_dir, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "different model (differs in hidden_size)" in err[0]
     assert _snapshot(tmp_path / "w") == before
+
+
+def _lines_until(proc, prefix: str) -> list[str]:
+    """The process's output lines up to the first that starts with `prefix`."""
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith(prefix):
+            return seen
+    raise AssertionError("".join(seen)[-3000:])
+
+
+def _saved_steps(workdir) -> list[int]:
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def test_workdir_has_one_owner(tmp_path, corpus, tokenizer_dir, capsys):
+    """A second run into a workdir in use is refused at once, naming the running process; the
+    lock of a run killed with -9 is taken over by the next one."""
+    workdir = tmp_path / "w"
+    args = ("--steps", "1000", "--set", "checkpoint_every=1000")
+    first = subprocess.Popen(_cli(workdir, corpus, tokenizer_dir, *args), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    _lines_until(first, "step 2/")
+    second = subprocess.run(_cli(workdir, corpus, tokenizer_dir, *args), capture_output=True, text=True,
+                            timeout=300)
+    assert second.returncode == 2, second.stderr
+    last = second.stderr.strip().splitlines()[-1]
+    assert last.startswith("dlm-jax train: error: ") and f"in use by dlm-jax train (pid {first.pid} " in last
+    assert "compiled" not in second.stderr and "step 1/" not in second.stderr
+    first.kill()
+    first.wait()
+    assert json.loads((workdir / "train.lock").read_text())["pid"] == first.pid  # left behind by kill -9
+    assert main(["train", "--config", "tiny", "--workdir", str(workdir), "--data", corpus, "--steps", "2",
+                 "--set", f"tokenizer={tokenizer_dir}"]) == 0
+    assert f"took over the lock of dlm-jax train (pid {first.pid} " in capsys.readouterr().err
+    assert not (workdir / "train.lock").exists() and _saved_steps(workdir) == [2]
+
+
+def test_ctrl_c_saves_the_current_step_and_resume_is_exact(tmp_path, corpus, tokenizer_dir):
+    """Ctrl-C right after step 3 is logged, while step 3's checkpoint is being written: that
+    checkpoint and the current step are kept, the run exits 0 naming the step, and resuming
+    from it gives the parameters of a run never interrupted."""
+    cut = subprocess.Popen(_cli(tmp_path / "cut", corpus, tokenizer_dir, "--steps", "1000",
+                                "--set", "checkpoint_every=3"),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _lines_until(cut, "step 3/")
+    cut.send_signal(signal.SIGINT)
+    rest = cut.communicate(timeout=120)[0]
+    assert cut.returncode == 0, rest
+    step = int(re.search(r"^Ctrl-C: saved step (\d+), exiting", rest, re.M).group(1))
+    assert 3 <= step < 1000 and {3, step} <= set(_saved_steps(tmp_path / "cut"))
+    # Resumed with a shorter budget (the warmup rates of the steps done do not depend on it).
+    _, resumed = run(tmp_path / "cut", corpus, tokenizer_dir, "checkpoint_every=3", steps=step + 2)
+    _, full = run(tmp_path / "full", corpus, tokenizer_dir, "checkpoint_every=3", steps=step + 2)
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed), strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_second_ctrl_c_aborts_keeping_every_complete_checkpoint(tmp_path, corpus, tokenizer_dir):
+    proc = subprocess.Popen(_cli(tmp_path / "w", corpus, tokenizer_dir, "--steps", "1000",
+                                 "--set", "checkpoint_every=2"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _lines_until(proc, "step 3/")
+    proc.send_signal(signal.SIGINT)
+    _lines_until(proc, "Ctrl-C: saving the current step")
+    proc.send_signal(signal.SIGINT)  # while the current step finishes and is saved
+    rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130 and "saved step" not in rest, rest
+    kept = int(re.search(r"aborted: the last complete checkpoint is step (\d+)", rest).group(1))
+    assert kept == _saved_steps(tmp_path / "w")[-1] >= 2
+
+
+def test_resume_says_what_changed_and_refuses_what_breaks_it(tmp_path, corpus, tokenizer_dir, capsys):
+    workdir = tmp_path / "w"
+    base = ["train", "--config", "tiny", "--workdir", str(workdir), "--data", corpus,
+            "--set", f"tokenizer={tokenizer_dir}", "--set", "log_every=1"]
+    assert main(base + ["--steps", "2"]) == 0
+    capsys.readouterr()
+    before = _snapshot(workdir)
+    other = tmp_path / "other.txt"
+    other.write_text(open(corpus).read()[:200_000])
+    refusals = {("--set", "lr=0.004"): "lr 0.002 -> 0.004", ("--data", str(other)): "data",
+                ("--set", "batch_size=32"): "batch_size 16 -> 32",
+                ("--set", "objective.name=elbo"): "objective.name 'ratio_set' -> 'elbo'",
+                ("--set", "warmup_steps=1"): "learning rate of steps already trained"}
+    for extra, said in refusals.items():
+        assert main(base + ["--steps", "4", *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and said in err[0] and "--allow-changes" in err[0], err
+    assert _snapshot(workdir) == before  # config.json included: a refused resume writes nothing
+    # More steps during warmup keep every rate: said, and resumed
+    assert main(base + ["--steps", "3", "--set", "checkpoint_every=1"]) == 0
+    assert "resuming step 2 with steps 2 -> 3 (the learning rate of the steps done is unchanged)" in \
+        capsys.readouterr().err
+    assert main(base + ["--steps", "4", "--set", "lr=0.004", "--allow-changes"]) == 0
+    assert "resuming step 3 with lr 0.002 -> 0.004, steps 3 -> 4 (allowed by --allow-changes" in \
+        capsys.readouterr().err
+    assert json.loads((workdir / "config.json").read_text())["lr"] == 0.004 and _saved_steps(workdir)[-1] == 4
+
+
+def test_failed_run_leaves_nothing_a_later_run_reuses(tmp_path, corpus, capsys):
+    """No tokenizer named: each run trains one. A run refused after training it (too little
+    text for a batch) leaves no model/ and no staging, so the next run trains its own."""
+    workdir = tmp_path / "w"
+    small = tmp_path / "small.txt"
+    small.write_text(open(corpus).read()[:1000])
+    base = ["train", "--config", "tiny", "--workdir", str(workdir), "--steps", "2", "--set", "tokenizer_vocab_size=400"]
+    assert main(base + ["--data", str(small)]) == 2
+    err = capsys.readouterr().err
+    assert "training a 400-token byte-level BPE" in err and "one batch needs 16" in err.strip().splitlines()[-1]
+    assert not workdir.exists()  # made for the run, empty again: removed
+    assert main(base + ["--data", corpus]) == 0
+    assert f"training a 400-token byte-level BPE on {corpus}" in capsys.readouterr().err
+    from dlm_jax.tokenizer import load_tokenizer
+
+    assert len(load_tokenizer(workdir / "model")) == 400 and not (workdir / "staging").exists()
+
+
+def test_workdir_that_is_a_file_is_refused(tmp_path, corpus, tokenizer_dir, capsys):
+    file = tmp_path / "w"
+    file.write_text("notes")
+    assert main(["train", "--workdir", str(file), "--data", corpus, "--set", f"tokenizer={tokenizer_dir}"]) == 2
+    assert "is a file" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w"] and file.read_text() == "notes"

@@ -286,11 +286,12 @@ def _loop(config, workdir, manager, mesh, batches, init_params, resume_step, sto
                 checkpointing.save(manager, state, data_state, meta)
             if stop:
                 manager.wait_until_finished()
-                say(f"{stop}: saved step {step}, exiting", every_process=True)
+                say(f"{stop}: saved step {step}, exiting (the same command resumes from it)", every_process=True)
                 break
     except KeyboardInterrupt:  # a second Ctrl-C: a save already being written is still finished
-        say(f"aborted at step {step}; waiting for a checkpoint being written (Ctrl-C again abandons it)")
-        manager.wait_until_finished()
+        if manager.is_saving_in_progress():
+            say(f"aborted at step {step}; finishing the checkpoint being written (Ctrl-C again abandons it)")
+            manager.wait_until_finished()
         kept = manager.latest_step()
         say(f"aborted: the last complete checkpoint is step {kept}" if kept is not None
             else "aborted: no checkpoint was saved")
