@@ -246,7 +246,8 @@ def test_bad_value_is_one_line_naming_the_option(command, key, bad, paths, compi
 
 def test_the_entry_point_exits_2_with_one_line(paths, tmp_path):
     """The installed command in real processes: a bad flag and a bad value found after parsing."""
-    for argv in (["generate", "--checkpoint", paths["hf"], "--prompt", "x", "--block-length", "0"],
+    for argv in (["generate", "--checkpoint", paths["hf"], "--prompt", "x", "--gen-length", "8", "--steps", "4",
+                  "--block-length", "0"],
                  ["train", "--workdir", paths["a_file"], "--set", "seed=-1"]):
         proc = subprocess.run([sys.executable, "-m", "dlm_jax", *map(str, argv)], capture_output=True, text=True,
                               timeout=300)

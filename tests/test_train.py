@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers_terminal import stderr_on_a_terminal
 
 from dlm_jax.checkpoint import load_params_from_workdir
 from dlm_jax.cli import main
@@ -125,6 +126,16 @@ def test_loss_falls_and_metrics_written(tmp_path, corpus, tokenizer_dir):
 
     model = dlm_jax.load(tmp_path / "w")
     assert model.tokenizer is not None and model.config.vocab_size == len(model.tokenizer)
+
+
+def test_progress_bar_with_eta_on_a_terminal_only(tmp_path, corpus, tokenizer_dir, capsys):
+    with stderr_on_a_terminal() as terminal:
+        run(tmp_path / "tty", corpus, tokenizer_dir, "steps=3")
+    # tqdm's bar: steps done of all, elapsed < left; the logged lines print above it
+    assert re.search(r"\| 3/3 \[\d\d:\d\d<\d\d:\d\d", terminal.text) and "step 3/3 | loss" in terminal.text
+    run(tmp_path / "pipe", corpus, tokenizer_dir, "steps=2")
+    err = capsys.readouterr().err  # every line on stderr, and no bar drawn into a pipe or file
+    assert "step 2/2 | loss" in err and "\r" not in err and "it/s" not in err and "step/s" not in err
 
 
 def _cli(workdir, corpus, tokenizer_dir, *extra):
@@ -290,7 +301,9 @@ def test_second_ctrl_c_aborts_keeping_every_complete_checkpoint(tmp_path, corpus
     proc.send_signal(signal.SIGINT)  # while the current step finishes and is saved
     rest = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130 and "saved step" not in rest, rest
-    kept = int(re.search(r"aborted: the last complete checkpoint is step (\d+)", rest).group(1))
+    last = rest.strip().splitlines()[-1]
+    kept = int(re.fullmatch(r"dlm-jax train: interrupted: aborted at step \d+; the last complete checkpoint is "
+                            r"step (\d+)", last).group(1))
     assert kept == _saved_steps(tmp_path / "w")[-1] >= 2
 
 

@@ -71,8 +71,8 @@ def main(argv=None):
     except UserError as err:
         print(f"dlm-jax {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"dlm-jax {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:  # its message, if any, says what was kept
+        print(f"dlm-jax {args.command}: interrupted{f': {interrupt}' if str(interrupt) else ''}", file=sys.stderr)
         return 130
     return 0 if result is None else int(result)
 

@@ -290,12 +290,11 @@ def _loop(config, workdir, manager, mesh, batches, init_params, resume_step, sto
                 break
     except KeyboardInterrupt:  # a second Ctrl-C: a save already being written is still finished
         if manager.is_saving_in_progress():
-            say(f"aborted at step {step}; finishing the checkpoint being written (Ctrl-C again abandons it)")
+            say(f"aborting at step {step}; finishing the checkpoint being written (Ctrl-C again abandons it)")
             manager.wait_until_finished()
         kept = manager.latest_step()
-        say(f"aborted: the last complete checkpoint is step {kept}" if kept is not None
-            else "aborted: no checkpoint was saved")
-        raise
+        raise KeyboardInterrupt(f"aborted at step {step}; " + (
+            f"the last complete checkpoint is step {kept}" if kept is not None else "no checkpoint was saved")) from None
     finally:
         bar.close()
         preemption.close()
