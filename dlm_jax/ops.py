@@ -1,4 +1,5 @@
-"""Hand-differentiated kernels for the training hot path.
+"""The hot kernels: the bf16 matmul and the two vocabulary heads (training's cross-entropy and
+the sampler's greedy head), which share one tie rule: the lowest id wins.
 
 matmul: x @ w with inputs in the compute dtype and float32 accumulation. In bfloat16 its
 backward is written by hand: autodiff of a bf16 x bf16 -> f32 product gives backward products
@@ -10,12 +11,19 @@ the residuals are the bf16 operands, half the memory of float32 ones.
 vocab_cross_entropy: the tied vocabulary decoder and the cross-entropy of the scored tokens in
 one chunked loop that never builds the [tokens, V] logits and skips unscored tokens, with its
 gradients computed on the way (see its docstring).
+
+greedy_head: the sampler's greedy proposal (argmax id and its probability) for a few positions,
+reducing the logits chunk by chunk of the vocabulary while they are still in cache, never
+writing the [positions, V] array.
 """
 
 import functools
 
 import jax
 import jax.numpy as jnp
+
+NEG = -1e30  # logit of a banned id: finite, so 0 * (logit - lse) stays 0 in an entropy
+VOCAB_CHUNK = 1024  # vocabulary ids per chunk of greedy_head: [chunk, batch x positions] fits in cache
 
 
 def matmul(x: jax.Array, w: jax.Array, dtype) -> jax.Array:
@@ -162,6 +170,13 @@ def _decode_scored(features, embedding, bias, targets, weights, dtype, chunk_siz
     return total, restore(ce), restore(correct), grads
 
 
+def lowest_id_at_max(logits, top, axis):
+    """The tie rule of both vocabulary heads: the lowest index along `axis` whose logit equals
+    `top` (the maximum along that axis), as np.argmax picks."""
+    ids = jax.lax.broadcasted_iota(jnp.int32, logits.shape, axis % logits.ndim)
+    return jnp.min(jnp.where(logits == jnp.expand_dims(top, axis), ids, logits.shape[axis]), axis=axis)
+
+
 def _is_first_argmax(logits, exp, top, target_logit, targets):
     """argmax(logits) == targets, the lowest id winning ties, without argmax's slow reduction
     in the common case: a target at the maximum is the argmax unless the maximum is tied.
@@ -171,7 +186,7 @@ def _is_first_argmax(logits, exp, top, target_logit, targets):
     tied = jnp.sum(jnp.where(exp >= 1.0, 1.0, 0.0), -1) > 1.5
     return jax.lax.cond(
         jnp.any(at_max & tied),
-        lambda: at_max & (~tied | (jnp.argmax(logits, -1) == targets)),
+        lambda: at_max & (~tied | (lowest_id_at_max(logits, top, -1) == targets)),
         lambda: at_max,
     )
 
@@ -182,3 +197,46 @@ def _transposed_operand(x_t, start, size):
     array), and its CPU backend has no bf16 x bf16 -> f32 kernel for a contraction over the
     left operand's first axis ("Unsupported element type for DotThunk")."""
     return jax.lax.optimization_barrier(jax.lax.dynamic_slice_in_dim(x_t, start, size, 1))
+
+
+def vocab_chunks(embedding, bias, dtype, chunk: int = VOCAB_CHUNK, banned_ids=()):
+    """The decoder as [n, chunk, H] weights in `dtype` and [n, chunk] float32 bias for greedy_head,
+    with banned ids and the padding past the vocabulary at NEG (so they are never the argmax and
+    add exactly 0 to the sum of exponentials). Made once, outside any loop over steps."""
+    weights, bias = embedding.astype(dtype), bias.astype(jnp.float32)
+    if banned_ids:
+        bias = bias.at[jnp.asarray(banned_ids)].set(NEG)
+    pad = -len(bias) % chunk
+    weights = jnp.pad(weights, ((0, pad), (0, 0))).reshape(-1, chunk, weights.shape[1])
+    return weights, jnp.pad(bias, (0, pad), constant_values=NEG).reshape(-1, chunk)
+
+
+def greedy_head(features, chunks, combine=None):
+    """Greedy proposal (argmax id, lowest on ties) and its probability 1 / sum(exp(l - max)) for
+    features [B, K, H], without the [B, K, V] logits: a scan over the vocabulary chunks of
+    `vocab_chunks` keeps a running max, argmax and rescaled sum of exponentials. Each chunk's
+    logits are vocabulary-major [chunk, B, K], so the reductions run over the leading axis, which
+    XLA's CPU backend vectorises (about 3x faster there than logits followed by reductions).
+    combine: applied to each chunk's logits first, [chunk, B, K] -> [chunk, B', K] (the sampler's
+    classifier-free guidance merges the two halves of the rows)."""
+    weights, bias = chunks
+    chunk = weights.shape[1]
+    x = features.astype(weights.dtype)
+    combine = combine or (lambda logits: logits)
+
+    def one_chunk(carry, chunk_in):
+        top, arg, total = carry
+        w, b, first_id = chunk_in
+        logits = combine(jnp.einsum("ch,bkh->cbk", w, x, preferred_element_type=jnp.float32) + b[:, None, None])
+        chunk_top = jnp.max(logits, axis=0)
+        chunk_arg = first_id + lowest_id_at_max(logits, chunk_top, 0)
+        new_top = jnp.maximum(top, chunk_top)
+        total = total * jnp.exp(top - new_top) + jnp.sum(jnp.exp(logits - new_top), axis=0)
+        arg = jnp.where(chunk_top > top, chunk_arg, arg)  # a tie keeps the earlier, lower id
+        return (new_top, arg, total), None
+
+    shape = jax.eval_shape(combine, jax.ShapeDtypeStruct((chunk, *x.shape[:2]), jnp.float32)).shape[1:]
+    init = (jnp.full(shape, -jnp.inf), jnp.zeros(shape, jnp.int32), jnp.zeros(shape))
+    first_ids = chunk * jnp.arange(weights.shape[0], dtype=jnp.int32)
+    (_, arg, total), _ = jax.lax.scan(one_chunk, init, (weights, bias, first_ids))
+    return arg, 1.0 / total

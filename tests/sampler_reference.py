@@ -1,8 +1,8 @@
 """A plain NumPy loop of the sampler's algorithms, written from the published samplers' recipes.
 
 Used only by tests/test_sampling.py to check the scanned sampler token for token. It shares two
-things with dlm_jax.sampling on purpose: the jitted forward (`guided_logits`; the model is not
-what is under test) and the random numbers (`noise_keys` + jax.random draws with the same keys),
+things with dlm_jax.sampling on purpose: the forward (`guided_logits` over the sampler's
+`encode_canvas`; the model is not what is under test) and the random numbers (`noise_keys` + jax.random draws with the same keys),
 so the comparison isolates the algorithm: schedules, proposals, scores, blocks, commits. Scores
 are computed here in float64; proposals in float32 as on the device.
 """
@@ -14,8 +14,17 @@ import numpy as np
 from flax import nnx
 
 from dlm_jax import sampling
+from dlm_jax.sampling.step import encode_canvas, guide
 
 NEG = np.float32(-1e30)
+
+
+def guided_logits(graphdef, params, canvas, attention_mask, prompt_mask, cfg_scale, use_cfg, mask_id):
+    """float32 logits [B, L, V] of every canvas position, guided when use_cfg."""
+    encoder = nnx.merge(graphdef, params)
+    hidden = encode_canvas(encoder, canvas, attention_mask, prompt_mask, use_cfg, mask_id)
+    logits = encoder.logits_from_hidden(hidden)
+    return guide(logits, cfg_scale) if use_cfg else logits
 
 
 def schedule_counts(n, steps, schedule):
@@ -82,7 +91,7 @@ def reference_generate(model, prompts, *, gen_length, steps, block_length=None, 
     prompt_mask[:, width:] = False
     target = (canvas == mask_id) & (attn == 1)
     graphdef, params = nnx.split(model.encoder)
-    forward = jax.jit(sampling.guided_logits, static_argnums=(0, 6, 7))
+    forward = jax.jit(guided_logits, static_argnums=(0, 6, 7))
 
     num_blocks = gen_length // block_length
     per_block = steps // num_blocks

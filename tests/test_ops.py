@@ -91,3 +91,36 @@ def test_bf16_matmul_gradients_are_bf16_products_with_float32_accumulation():
     np.testing.assert_allclose(out, r(x) @ r(w), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dx, r(cotangent) @ r(w).T, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dw, np.einsum("bti,bto->io", r(x), r(cotangent)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [16, 23])  # 61 ids: 4 whole chunks, or 3 with padding
+def test_greedy_head_equals_argmax_of_the_logits(chunk):
+    """The chunked greedy head against argmax / softmax of the whole logits, with exact ties
+    within and across chunks (twin ids go to the lower one, as in vocab_cross_entropy) and
+    banned ids never chosen."""
+    rng = np.random.default_rng(3)
+    vocab, hidden = 61, 8
+    twins = np.arange(vocab)
+    twins[30:] = np.arange(vocab - 30) // 2 * 2  # ids 30.. repeat even ids below 31
+    embedding = jnp.asarray(rng.normal(size=(vocab, hidden))[twins], jnp.float32)
+    bias = jnp.asarray(rng.normal(size=(vocab,))[twins], jnp.float32)
+    features = jnp.asarray(rng.normal(size=(4, 5, hidden)), jnp.float32)
+    banned = (0, 7)
+    logits = np.asarray(features @ embedding.T + bias, np.float64)
+    logits[..., banned] = -np.inf
+    chunks = ops.vocab_chunks(embedding, bias, jnp.float32, chunk, banned)
+    arg, probability = jax.jit(ops.greedy_head)(features, chunks)
+    np.testing.assert_array_equal(arg, logits.argmax(-1))
+    assert (np.asarray(arg) < 31).all() and not np.isin(arg, banned).any()
+    softmax = np.exp(logits - logits.max(-1, keepdims=True))
+    np.testing.assert_allclose(probability, (softmax / softmax.sum(-1, keepdims=True)).max(-1), rtol=1e-5)
+    # combine: applied to each chunk's [chunk, B, K] logits, here the mean of row pairs
+    pairs = lambda chunk_logits: (chunk_logits[:, 0::2] + chunk_logits[:, 1::2]) / 2
+    arg, _ = ops.greedy_head(features, chunks, pairs)
+    np.testing.assert_array_equal(arg, ((logits[0::2] + logits[1::2]) / 2).argmax(-1))
+
+
+def test_both_heads_share_the_tie_rule():
+    logits = jnp.asarray([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0]])
+    np.testing.assert_array_equal(ops.lowest_id_at_max(logits, logits.max(-1), -1), [1, 0])
+    np.testing.assert_array_equal(ops.lowest_id_at_max(logits.T, logits.max(-1), 0), [1, 0])

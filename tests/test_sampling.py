@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from dlm_jax import sampling
+from dlm_jax import ops, sampling
 from dlm_jax.errors import UserError
 from dlm_jax.models import EncoderConfig
 from dlm_jax.models.params import new_encoder
@@ -85,7 +85,7 @@ def test_vocabulary_chunks_keep_first_argmax(monkeypatch, chunk):
     """greedy_head reduces the vocabulary chunk by chunk (96 ids: 3 chunks of 32, or of 40 with
     padding). Every odd id below 48 is a twin of the even id before it (same chunk) and ids
     48..94 are twins of 0..46 (another chunk): exact ties, which must go to the lowest id."""
-    monkeypatch.setattr(sampling, "VOCAB_CHUNK", chunk)
+    monkeypatch.setattr(ops, "VOCAB_CHUNK", chunk)
     tied = tiny_model(seed=2)  # its greedy output mixes ids 6 and 28
     embedding = tied.encoder.embeddings.word_embeddings.embedding
     twins = np.concatenate([np.arange(48) // 2 * 2, np.arange(47) // 2 * 2, [MASK]])

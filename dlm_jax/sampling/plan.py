@@ -1,0 +1,213 @@
+"""Host side of the sampler: schedules, the static plan of a call, input checks, step tables.
+
+Everything here runs once per `generate` call in NumPy, before anything is compiled: it turns the
+user's arguments into a `Plan` (what keys the compiled program), `Knobs` (the float settings the
+program takes as inputs, so changing them does not recompile) and `StepTables` (per-step inputs
+of the loop: the active block, the tokens to commit, origin's probabilities, the head size).
+"""
+
+import dataclasses
+from typing import NamedTuple
+
+import numpy as np
+
+from dlm_jax.errors import UserError
+from dlm_jax.sampling.strategies import STRATEGIES, STRATEGY_TABLE, Strategy
+
+SCHEDULES = ("even", "cosine", "linear")
+ORIGIN_EPS = 1e-3  # Dream's final time: t runs from 1 down to eps
+DEFAULT_CONFIDENCE_THRESHOLD = 0.9  # RoBERTa-diffusion's value
+HEAD_SIZES = 4  # static numbers of positions the head may see per step: window * (1..4) / 4
+
+
+def commit_counts(n: int, steps: int, schedule: str = "even") -> np.ndarray:
+    """How many of n masked tokens each of `steps` steps commits (sums to n, each >= 1 when
+    steps <= n). even: LLaDA's floor(n/steps) with the remainder to the first steps; cosine:
+    MaskGIT's cos(pi/2 * s/steps) fraction still masked after step s; linear: (1 - s/steps)."""
+    if schedule == "even":
+        counts = np.full(steps, n // steps, np.int64)
+        counts[: n % steps] += 1
+        return counts
+    done = np.arange(1, steps + 1)
+    if schedule == "cosine":
+        still_masked = np.floor(n * np.cos(np.pi / 2 * done / steps) + 1e-9).astype(np.int64)
+    elif schedule == "linear":
+        still_masked = n * (steps - done) // steps
+    else:
+        raise UserError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    # At least one commit per step: leave room for the steps after s and take one now.
+    still_masked = np.clip(still_masked, steps - done, n - done)
+    still_masked[-1] = 0
+    return -np.diff(np.concatenate([[n], still_masked]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything static about one sampling call: it keys the compiled program."""
+
+    strategy: Strategy
+    steps: int
+    prompt_length: int
+    gen_length: int
+    block_length: int
+    mask_id: int
+    sample: bool  # temperature > 0: Gumbel-max; else greedy
+    top_k: int | None
+    use_top_p: bool
+    use_cfg: bool
+    forbidden_ids: tuple[int, ...]  # never proposed: the mask token, and EOS when forbidden
+    return_history: bool
+    infill: bool  # some prompt holds mask tokens
+    vocab_chunk: int  # ops.VOCAB_CHUNK when the plan was made
+
+    @property
+    def window(self) -> int:
+        """Most positions that may need a proposal in one step: a block's masks (all generated
+        masks for a bounded loop, whose rows may be in different blocks and whose last step fills
+        everything), plus the prompt's masks when infilling."""
+        size = self.gen_length if self.strategy.bounded_loop else self.block_length
+        return size + (self.prompt_length if self.infill else 0)
+
+    @property
+    def head_sizes(self) -> tuple[int, ...]:
+        """The static numbers of positions per row the vocabulary head can take (one compiled
+        branch each); each step uses the smallest that holds all its candidates."""
+        quantum = -(-self.window // HEAD_SIZES)
+        return tuple(sorted({min(self.window, quantum * i) for i in range(1, HEAD_SIZES + 1)}))
+
+    @property
+    def greedy_scores(self) -> bool:
+        """Greedy proposals whose score needs at most the proposal's probability: ops.greedy_head."""
+        return not self.sample and not self.strategy.needs_logits
+
+    @property
+    def num_blocks(self) -> int:
+        return self.gen_length // self.block_length
+
+    @property
+    def steps_per_block(self) -> int:
+        return self.steps // self.num_blocks
+
+
+class Knobs(NamedTuple):
+    """The float settings of a call: inputs of the compiled program, not part of its key."""
+
+    temperature: float
+    top_p: float  # 1.0 when off
+    cfg_scale: float
+    threshold: float  # threshold's confidence
+
+
+class StepTables(NamedTuple):
+    """Per-step inputs of the loop, computed on the host once; inside the loop, one step's row."""
+
+    step: np.ndarray  # int32 [S]: 0 .. S - 1
+    start: np.ndarray  # int32 [S]: the active block [start, end); block 0 also covers the prompt
+    end: np.ndarray  # int32 [S]
+    count: np.ndarray  # int32 [S, B]: tokens to commit (random_remask: the block's running total)
+    transfer: np.ndarray  # float32 [S]: origin's probability 1 - s/t
+    head_branch: np.ndarray  # int32 [S]: which of plan.head_sizes holds every row's candidates
+
+
+def as_batch(prompt_ids, attention_mask, pad_id):
+    """Prompts (one list, a list of lists of different lengths, or a [B, P] array with its mask)
+    -> left-padded int64 ids [B, P] and int32 attention mask [B, P]."""
+    if isinstance(prompt_ids, (list, tuple)) and prompt_ids and isinstance(prompt_ids[0], (list, tuple, np.ndarray)):
+        if attention_mask is not None:
+            raise UserError("attention_mask goes with a [batch, length] array of prompt ids, not with a list of lists")
+        rows = [np.asarray(r, np.int64).reshape(-1) for r in prompt_ids]
+        width = max(len(r) for r in rows)
+        if width == 0:
+            raise UserError("every prompt is empty; give at least one token (e.g. the BOS token)")
+        ids = np.full((len(rows), width), pad_id, np.int64)
+        mask = np.zeros((len(rows), width), np.int32)
+        for i, r in enumerate(rows):
+            if len(r):
+                ids[i, width - len(r):] = r
+                mask[i, width - len(r):] = 1
+        return ids, mask
+    ids = np.asarray(prompt_ids)
+    if ids.ndim == 1:
+        ids = ids[None]
+    if ids.ndim != 2 or ids.shape[0] == 0 or ids.shape[1] == 0:
+        raise UserError(f"prompt_ids must be a non-empty list of ids or a [batch, length] array, got shape {ids.shape}")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise UserError(f"prompt_ids must be integer token ids, got dtype {ids.dtype}")
+    mask = np.ones(ids.shape, np.int32) if attention_mask is None else np.asarray(attention_mask)
+    if mask.shape != ids.shape:
+        raise UserError(f"attention_mask shape {mask.shape} differs from prompt_ids shape {ids.shape}")
+    return ids.astype(np.int64), (mask != 0).astype(np.int32)
+
+
+def check(config, tokenizer, ids, *, gen_length, steps, block_length, temperature, top_k, top_p,
+          remasking, schedule, cfg_scale, confidence_threshold, forbid_eos):
+    """Raise UserError for every mistake a user can make, before anything is compiled."""
+    if remasking not in STRATEGIES:
+        raise UserError(f"unknown remasking strategy {remasking!r}; choose one of {', '.join(STRATEGIES)}")
+    strategy = STRATEGY_TABLE[remasking]
+    if schedule not in SCHEDULES:
+        raise UserError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    if config.mask_token_id is None or (tokenizer is not None and getattr(tokenizer, "mask_token_id", 0) is None):
+        raise UserError("this checkpoint's tokenizer has no mask token; diffusion sampling needs one "
+                        "(set mask_token_id in dlm_config.json / add a mask token)")
+    if int(gen_length) != gen_length or gen_length <= 0:
+        raise UserError(f"gen_length must be a positive integer, got {gen_length}")
+    if int(steps) != steps or steps <= 0:
+        raise UserError(f"steps must be a positive integer, got {steps}")
+    if gen_length % block_length:
+        raise UserError(f"gen_length {gen_length} is not divisible by block_length {block_length}; "
+                        "pick a block length that divides it")
+    num_blocks = gen_length // block_length
+    if steps % num_blocks:
+        raise UserError(f"steps {steps} is not divisible by the number of blocks {num_blocks} "
+                        f"(gen_length / block_length); use a multiple of {num_blocks}")
+    if not strategy.bounded_loop and steps // num_blocks > block_length:
+        raise UserError(f"{steps // num_blocks} steps per block cannot each commit a token of a "
+                        f"{block_length}-token block; use at most {block_length * num_blocks} steps")
+    if ids.shape[1] + gen_length > config.max_length:
+        raise UserError(f"prompt of {ids.shape[1]} tokens + gen_length {gen_length} exceeds the "
+                        f"{config.max_length} positions this model has; shorten one of them")
+    if ids.min() < 0 or ids.max() >= config.vocab_size:
+        raise UserError(f"prompt token ids must lie in [0, {config.vocab_size}); got "
+                        f"{ids.min()}..{ids.max()} (wrong tokenizer?)")
+    if not temperature >= 0:
+        raise UserError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise UserError(f"top_p must lie in (0, 1], got {top_p}")
+    if top_k is not None and (int(top_k) != top_k or top_k < 1):
+        raise UserError(f"top_k must be a positive integer, got {top_k}")
+    if not cfg_scale >= 0:
+        raise UserError(f"cfg_scale must be >= 0 (0 turns guidance off), got {cfg_scale}")
+    if confidence_threshold is not None:
+        if remasking != "threshold":
+            raise UserError("confidence_threshold only applies to remasking='threshold'")
+        if not 0 < confidence_threshold <= 1:
+            raise UserError(f"confidence_threshold must lie in (0, 1], got {confidence_threshold}")
+    if forbid_eos and config.eos_token_id is None:
+        raise UserError("forbid_eos needs an EOS token, but the config has eos_token_id None")
+
+
+def step_tables(plan: Plan, prompt_masks: np.ndarray, schedule: str) -> StepTables:
+    """The per-step inputs of the loop for rows with `prompt_masks` [B] masks in their prompt."""
+    steps_per_block = plan.steps_per_block
+    starts, ends, counts, transfer, masks_left = [], [], [], [], []
+    t = np.linspace(1.0, ORIGIN_EPS, steps_per_block + 1)
+    for b in range(plan.num_blocks):
+        start = 0 if b == 0 else plan.prompt_length + b * plan.block_length
+        end = plan.prompt_length + (b + 1) * plan.block_length
+        n = plan.block_length + (prompt_masks if b == 0 else 0 * prompt_masks)
+        per_row = np.stack([commit_counts(int(k), steps_per_block, schedule) for k in n], axis=1)
+        masks_left.append((n - np.cumsum(per_row, axis=0) + per_row).max(axis=1))
+        if plan.strategy.remask:
+            per_row = np.cumsum(per_row, axis=0)
+        counts.append(per_row)
+        starts += [start] * steps_per_block
+        ends += [end] * steps_per_block
+        p = 1.0 - t[1:] / t[:-1]
+        p[-1] = 1.0
+        transfer.append(p)
+    need = np.concatenate(masks_left) if plan.strategy.counted else np.full(plan.steps, plan.window)
+    head_branch = np.searchsorted(np.asarray(plan.head_sizes), need)
+    return StepTables(np.arange(plan.steps, dtype=np.int32), np.asarray(starts, np.int32), np.asarray(ends, np.int32),
+                      np.concatenate(counts).astype(np.int32), np.concatenate(transfer).astype(np.float32),
+                      head_branch.astype(np.int32))
