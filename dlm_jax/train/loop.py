@@ -191,6 +191,8 @@ def train(config: TrainConfig, workdir, *, stop_on_signal: bool = True, allow_ch
 
 
 def _train(config: TrainConfig, workdir: epath.Path, stop_on_signal: bool, allow_changes: bool) -> dict:
+    """With the workdir locked: every check, then the commit of the run's description, then the
+    loop."""
     if jax.process_index() == 0:
         checkpointing.remove_tree(workdir / STAGING_DIR)  # left by a run killed before it committed
     manager = checkpointing.checkpoint_manager(workdir, config.keep_checkpoints)
@@ -240,6 +242,8 @@ def _commit(config: TrainConfig, tokenizer, workdir: epath.Path, fresh: bool) ->
 
 
 def _loop(config, workdir, manager, mesh, batches, init_params, resume_step, stop_on_signal) -> dict:
+    """State (fresh or restored), the compiled step, and the steps until the budget, a notice or
+    a NaN loss."""
     optimizer = make_optimizer(config)
     graphdef, state, abstract, state_shard = init_state(config, mesh, optimizer, init_params)
     if resume_step is not None:
