@@ -256,6 +256,15 @@ def test_the_entry_point_exits_2_with_one_line(paths, tmp_path):
         assert last.startswith(f"dlm-jax {argv[0]}") and ("--block-length" in last or "seed" in last), last
 
 
+def test_bucket_workdir_without_its_filesystem_package(paths):
+    """gs:// needs gcsfs (or TensorFlow), which a plain install lacks: one line, before any work."""
+    code = ("import sys; sys.modules['gcsfs'] = sys.modules['tensorflow'] = None; from dlm_jax.cli import main; "
+            f"sys.exit(main(['train', '--workdir', 'gs://bucket/run', '--data', {str(paths['corpus'])!r}]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "workdir gs://bucket/run needs a filesystem package" in proc.stderr.strip().splitlines()[-1]
+
+
 # ------------------------------------------------------------------------ what it prints
 
 

@@ -139,10 +139,15 @@ class WorkdirLock:
 
     def _acquire(self) -> None:
         workdir = self.workdir
-        if workdir.exists() and not workdir.is_dir():
+        try:
+            exists = workdir.exists()
+        except ImportError as err:  # gs:// without gcsfs (or TensorFlow's gfile), s3:// without s3fs
+            raise UserError(f"workdir {workdir} needs a filesystem package on every host: {err} "
+                            "(pip install gcsfs for gs://, s3fs for s3://)") from None
+        if exists and not workdir.is_dir():
             raise UserError(f"workdir {workdir} is a file; pass a directory (new or from an earlier run) as --workdir")
         try:
-            self.created_workdir = not workdir.exists()
+            self.created_workdir = not exists
             workdir.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
             raise UserError(f"cannot create workdir {workdir}: a part of its path is a file") from None
