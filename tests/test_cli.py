@@ -21,11 +21,11 @@ import sys
 from pathlib import Path
 
 import jax
-import numpy as np
 import pytest
 from helpers_hf import make_hf_checkpoint
 
 from dlm_jax.cli import _build_parser, main, options
+from dlm_jax.sampling import cut_at_eos
 from dlm_jax.train import resolve_config, train
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -306,11 +306,9 @@ def test_generate_prints_the_filled_prompt(paths, capsys):
     code, out, _ = cli(capsys, *argv, "--json")
     record = json.loads(out)
     assert code == 0 and record["filled_prompt"] == filled and record["ids"] == row[width:].tolist()
-    code, out, _ = cli(capsys, *argv)
-    eos = model.config.eos_token_id
-    whole = row[1:]
-    whole = whole[: int(np.argmax(whole == eos))] if (whole[width - 1:] == eos).any() else whole
-    assert code == 0 and out == tokenizer.decode(whole.tolist(), skip_special_tokens=True) + "\n"
+    code, out, _ = cli(capsys, *argv)  # the filled prompt, then its continuation up to EOS
+    whole = row[:width].tolist() + cut_at_eos(row[width:], model.config.eos_token_id)
+    assert code == 0 and out == tokenizer.decode(whole, skip_special_tokens=True) + "\n"
     assert out.startswith(filled)
 
 

@@ -123,7 +123,7 @@ def run(args):
     import numpy as np
 
     from dlm_jax.api import load
-    from dlm_jax.sampling import encode_prompt, generate, generated_text
+    from dlm_jax.sampling import cut_at_eos, encode_prompt, generate, generated_text
 
     try:
         model = load(args.checkpoint, dtype=args.dtype, step=args.step)
@@ -170,8 +170,9 @@ def run(args):
             if i:
                 print()
             print(f"--- prompt {i + 1} of {len(texts)}: {text}")
-        if config.mask_token_id in prompt_ids:  # the filled prompt, then what follows it
-            print(generated_text(tokenizer, row[None], start, eos_id=config.eos_token_id)[0])
+        if config.mask_token_id in prompt_ids:  # the filled prompt, then what follows it up to EOS
+            print(tokenizer.decode(row[start:width].tolist() + cut_at_eos(row[width:], config.eos_token_id),
+                                   skip_special_tokens=True))
         else:
             print(generated)
     sys.stdout.flush()
