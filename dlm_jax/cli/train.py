@@ -25,10 +25,6 @@ def add_parser(subparsers, name):
 
 def _check_args(args):
     """Mistakes visible from the flags alone, before JAX starts."""
-    from pathlib import Path
-
-    if args.init is not None and not Path(args.init).exists():
-        raise UserError(f"--init {args.init} does not exist; give a HF directory, a dlm-jax model dir or a workdir")
     if args.coordinator is not None:
         host, _, port = args.coordinator.rpartition(":")
         if not host or not port.isdigit():
