@@ -11,7 +11,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dlm_jax.models.config import EncoderConfig
-from dlm_jax.models.layers import Dense, Embed, LayerNorm, MaskedLMEncoder, activation, attend
+from dlm_jax.models.layers import (
+    Dense,
+    Embed,
+    LayerNorm,
+    MaskedLMEncoder,
+    activation,
+    attend,
+    keys_and_values,
+)
 
 
 class Embeddings(nnx.Module):
@@ -44,11 +52,13 @@ class SelfAttention(nnx.Module):
         self.output = Dense(h, h, std=std, rngs=rngs)
         self.layer_norm = LayerNorm(h, config.layer_norm_eps)
 
-    def __call__(self, x, mask, dtype, implementation):
+    def __call__(self, x, mask, dtype, implementation, cached=None):
+        """-> (output, x's own keys and values); cached: see layers.keys_and_values."""
         heads = lambda y: y.reshape(*y.shape[:2], self.num_heads, -1)
         q, k, v = (heads(dense(x, dtype)) for dense in (self.query, self.key, self.value))
+        (k, v), own = keys_and_values(k, v, cached, dtype)
         context = attend(q, k, v, mask, dtype, implementation)
-        return self.layer_norm(x + self.output(context, dtype))
+        return self.layer_norm(x + self.output(context, dtype)), own
 
 
 class FeedForward(nnx.Module):
@@ -71,7 +81,11 @@ class Layer(nnx.Module):
         self.feed_forward = FeedForward(config, rngs=rngs)
 
     def __call__(self, x, mask, dtype, implementation):
-        return self.feed_forward(self.attention(x, mask, dtype, implementation), dtype)
+        return self.with_kv(x, mask, dtype, implementation)[0]
+
+    def with_kv(self, x, mask, dtype, implementation, cached=None):
+        x, own = self.attention(x, mask, dtype, implementation, cached)
+        return self.feed_forward(x, dtype), own
 
 
 class MLMHead(nnx.Module):
@@ -109,6 +123,14 @@ class BertEncoder(MaskedLMEncoder):
         x = self.embeddings(input_ids, position_ids, token_type_ids)
         # [B, 1, 1, S]: every query attends to the real (non-padding) keys.
         return self.run_layers(x, attention_mask.astype(bool)[:, None, None, :])
+
+    def encode_with_kv(self, input_ids, attention_mask, position_ids):
+        x = self.embeddings(input_ids, position_ids, jnp.zeros_like(input_ids))
+        return self.run_layers_kv(x, None, None, attention_mask.astype(bool)[:, None, None, :])
+
+    def encode_window(self, input_ids, position_ids, offset, attention_mask, kv):
+        x = self.embeddings(input_ids, position_ids, jnp.zeros_like(input_ids))
+        return self.run_layers_kv(x, kv, offset, attention_mask.astype(bool)[:, None, None, :])[0]
 
     def head_features(self, hidden):
         return self.mlm_head(hidden, self.dtype)

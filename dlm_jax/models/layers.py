@@ -80,6 +80,23 @@ def attend(q, k, v, mask, dtype, implementation):
     return context.reshape(batch, length, -1)
 
 
+def splice(cached, fresh, offset):
+    """cached [B, L, ...] with each row's entries offset[r] .. offset[r] + W replaced by fresh
+    [B, W, ...]: a window's new keys or values among the cached ones of the whole canvas."""
+    return jax.vmap(lambda c, f, o: jax.lax.dynamic_update_slice_in_dim(c, f, o, axis=0))(cached, fresh, offset)
+
+
+def keys_and_values(k, v, cached, dtype):
+    """The keys and values a block's queries attend to, and x's own (k, v) in the compute dtype
+    (what a cache keeps). cached: None (x is the whole sequence), or (keys, values, offset) of the
+    whole canvas with x the window of positions offset .. offset + W of each row."""
+    own = (k.astype(dtype), v.astype(dtype))
+    if cached is None:
+        return own, own
+    keys, values, offset = cached
+    return (splice(keys, own[0], offset), splice(values, own[1], offset)), own
+
+
 def position_ids(config, input_ids, attention_mask=None):
     """HuggingFace's positions, counted over real tokens only so that a left-padded row embeds
     like the same row unpadded. RoBERTa (HF's rule): non-padding tokens count from padding_idx +
@@ -100,6 +117,13 @@ class MaskedLMEncoder(nnx.Module):
     `head_features` (the MLM head before its decoder) and `vocab_decoder` (the vocabulary
     weights [V, H] and bias [V]): logits, and the head's inputs for the fused loss (ops.py).
 
+    For cached sampling a family also provides `encode_with_kv(ids, mask, positions)` (encode,
+    also returning every block's keys and values [B, L, heads, head_dim] in the compute dtype)
+    and `encode_window(ids, positions, offset, mask, kv)` (hidden states of a window of W
+    positions per row starting at offset [B], whose queries attend to the whole canvas: the
+    window's keys and values computed afresh, the others taken from kv); its blocks provide
+    `with_kv(x, ..., dtype, implementation, cached)` -> (x, (keys, values)).
+
     Attributes every family sets: config, dtype (compute dtype), remat (recompute each block
     in the backward pass), attention (`implementation` for jax.nn.dot_product_attention: None
     lets JAX choose, 'cudnn' forces the fused GPU kernel, 'xla' the portable one).
@@ -118,6 +142,17 @@ class MaskedLMEncoder(nnx.Module):
                 call = nnx.remat(call, static_argnums=static)
             x = call(layer, x, *layer_args, self.dtype, self.attention)
         return x
+
+    def run_layers_kv(self, x, kv, offset, *layer_args):
+        """x through every block, each given its cached (keys, values) from `kv` (None: x is the
+        whole canvas) and returning its own; -> (x, per-block (keys, values) of x's positions).
+        For sampling only: no remat."""
+        own = []
+        for i, layer in enumerate(self.layers):
+            cached = None if kv is None else (*kv[i], offset)
+            x, layer_kv = layer.with_kv(x, *layer_args, self.dtype, self.attention, cached)
+            own.append(layer_kv)
+        return x, tuple(own)
 
     def logits_from_hidden(self, hidden):
         weights, bias = self.vocab_decoder()

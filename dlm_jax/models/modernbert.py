@@ -19,7 +19,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dlm_jax.models.config import EncoderConfig
-from dlm_jax.models.layers import Dense, Embed, LayerNorm, MaskedLMEncoder, activation, attend
+from dlm_jax.models.layers import (
+    Dense,
+    Embed,
+    LayerNorm,
+    MaskedLMEncoder,
+    activation,
+    attend,
+    keys_and_values,
+)
 
 
 def rotary_tables(positions, head_dim: int, theta: float):
@@ -48,12 +56,15 @@ class Attention(nnx.Module):
         self.wqkv = Dense(h, 3 * h, std=std, rngs=rngs, bias=config.attention_bias, truncated=True)
         self.wo = Dense(h, h, std=out_std, rngs=rngs, bias=config.attention_bias, truncated=True)
 
-    def __call__(self, x, mask, rotary, dtype, implementation):
+    def __call__(self, x, mask, rotary, dtype, implementation, cached=None):
+        """-> (output, x's own keys (after the rotation) and values); cached: see
+        layers.keys_and_values."""
         batch, length, _ = x.shape
         qkv = self.wqkv(x, dtype).reshape(batch, length, 3, self.num_heads, -1)
         cos, sin = rotary
         q, k = apply_rotary(qkv[:, :, 0], cos, sin), apply_rotary(qkv[:, :, 1], cos, sin)
-        return self.wo(attend(q, k, qkv[:, :, 2], mask, dtype, implementation), dtype)
+        (k, v), own = keys_and_values(k, qkv[:, :, 2], cached, dtype)
+        return self.wo(attend(q, k, v, mask, dtype, implementation), dtype), own
 
 
 class GatedMLP(nnx.Module):
@@ -83,11 +94,15 @@ class Layer(nnx.Module):
         self.mlp = GatedMLP(config, rngs=rngs)
 
     def __call__(self, x, masks, rotaries, dtype, implementation):
+        return self.with_kv(x, masks, rotaries, dtype, implementation)[0]
+
+    def with_kv(self, x, masks, rotaries, dtype, implementation, cached=None):
         """masks and rotaries: (global, local) pairs; the block uses the one of its type."""
         mask, rotary = masks[self.sliding], rotaries[self.sliding]
         h = x if self.attn_norm is None else self.attn_norm(x)
-        x = x + self.attn(h, mask, rotary, dtype, implementation)
-        return x + self.mlp(self.mlp_norm(x), dtype)
+        attention, own = self.attn(h, mask, rotary, dtype, implementation, cached)
+        x = x + attention
+        return x + self.mlp(self.mlp_norm(x), dtype), own
 
 
 class Embeddings(nnx.Module):
@@ -123,10 +138,13 @@ class Decoder(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((config.vocab_size,), jnp.float32)) if config.decoder_bias else None
 
 
-def window_mask(length: int, half_window: int):
-    """[1, 1, T, T]: query i may see key j when |i - j| <= half_window (HF compares indices)."""
+def window_mask(length: int, half_window: int, query_index=None):
+    """[B or 1, 1, T, L]: query i may see key j when |i - j| <= half_window (HF compares
+    indices, not positions); keys 0 .. L - 1, queries at canvas indices query_index [B, T]
+    (default: all L)."""
     index = jnp.arange(length)
-    return (jnp.abs(index[:, None] - index[None, :]) <= half_window)[None, None]
+    query_index = index[None] if query_index is None else query_index
+    return (jnp.abs(query_index[:, :, None] - index[None, None, :]) <= half_window)[:, None]
 
 
 class ModernBertEncoder(MaskedLMEncoder):
@@ -144,16 +162,36 @@ class ModernBertEncoder(MaskedLMEncoder):
     def encode(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
         """Final hidden states [B, T, hidden] in float32 (ModernBERT has no token types)."""
         del token_type_ids
-        config = self.config
         if position_ids is None:
             position_ids = self.position_ids(input_ids, attention_mask)
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
+        length = input_ids.shape[1]
+        x = self.run_layers(self.embeddings(input_ids), *self._attention_inputs(
+            None, length, attention_mask, position_ids))
+        return self.final_norm(x)
+
+    def _attention_inputs(self, query_index, length, attention_mask, position_ids):
+        """(global, local) masks and rotary tables of the blocks, for queries at canvas indices
+        query_index [B, T] (None: all L) with positions [B, T], over L keys with attention_mask
+        [B, L]."""
+        config = self.config
         keys = attention_mask.astype(bool)[:, None, None, :]
-        masks = (keys, keys & window_mask(input_ids.shape[1], config.local_attention // 2))
+        masks = (keys, keys & window_mask(length, config.local_attention // 2, query_index))
         rotaries = tuple(rotary_tables(position_ids, config.head_dim, theta)
                          for theta in (config.global_rope_theta, config.local_rope_theta))
-        x = self.run_layers(self.embeddings(input_ids), masks, rotaries)
+        return masks, rotaries
+
+    def encode_with_kv(self, input_ids, attention_mask, position_ids):
+        length = input_ids.shape[1]
+        x, kv = self.run_layers_kv(self.embeddings(input_ids), None, None, *self._attention_inputs(
+            None, length, attention_mask, position_ids))
+        return self.final_norm(x), kv
+
+    def encode_window(self, input_ids, position_ids, offset, attention_mask, kv):
+        query_index = offset[:, None] + jnp.arange(input_ids.shape[1])
+        x, _ = self.run_layers_kv(self.embeddings(input_ids), kv, offset, *self._attention_inputs(
+            query_index, attention_mask.shape[1], attention_mask, position_ids))
         return self.final_norm(x)
 
     def head_features(self, hidden):
