@@ -347,10 +347,9 @@ def test_generate_and_eval_take_their_lengths_and_step_from_the_workdir(paths, c
     assert cli(capsys, *argv, "--checkpoint", workdir / "checkpoints" / "1", "--step", 2)[0] == 2
 
     code, out, err = cli(capsys, "eval", "--checkpoint", workdir, "--data", paths["corpus"], "--max-sequences", 4,
-                         "--nelbo-samples", 1, "--samples", 1, "--step", 1, "--json")
+                         "--nelbo-samples", 1, "--samples", 0, "--step", 1, "--json")
     assert code == 0, err
-    result = json.loads(out.strip().splitlines()[-1])
-    assert result["seq_len"] == 64 and result["samples"]["gen_length"] > 0
+    assert json.loads(out.strip().splitlines()[-1])["seq_len"] == 64  # not 128: the model has 64 positions
 
 
 def test_generate_checks_its_outputs_before_loading(paths, tmp_path, capsys, monkeypatch):

@@ -111,10 +111,11 @@ def test_parallel_modes_and_accumulation_agree(tmp_path, corpus, tokenizer_dir):
 
 
 def test_loss_falls_and_metrics_written(tmp_path, corpus, tokenizer_dir):
-    import json
-
-    record, _ = run(tmp_path / "w", corpus, tokenizer_dir, "steps=60", "log_every=10",
-                    "objective.name=elbo", "lr=3e-3")
+    with stderr_on_a_terminal() as terminal:
+        record, _ = run(tmp_path / "w", corpus, tokenizer_dir, "steps=60", "log_every=10",
+                        "objective.name=elbo", "lr=3e-3")
+    # on a terminal, tqdm's bar (steps done of all, elapsed < left) below the logged lines
+    assert re.search(r"\| 60/60 \[\d\d:\d\d<\d\d:\d\d", terminal.text) and "step 60/60 | loss" in terminal.text
     lines = [json.loads(l) for l in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
     assert [l["step"] for l in lines] == [10, 20, 30, 40, 50, 60]
     assert lines[-1]["loss"] < lines[0]["loss"] - 0.5
@@ -128,27 +129,27 @@ def test_loss_falls_and_metrics_written(tmp_path, corpus, tokenizer_dir):
     assert model.tokenizer is not None and model.config.vocab_size == len(model.tokenizer)
 
 
-def test_progress_bar_with_eta_on_a_terminal_only(tmp_path, corpus, tokenizer_dir, capsys):
-    with stderr_on_a_terminal() as terminal:
-        run(tmp_path / "tty", corpus, tokenizer_dir, "steps=3")
-    # tqdm's bar: steps done of all, elapsed < left; the logged lines print above it
-    assert re.search(r"\| 3/3 \[\d\d:\d\d<\d\d:\d\d", terminal.text) and "step 3/3 | loss" in terminal.text
-    run(tmp_path / "pipe", corpus, tokenizer_dir, "steps=2")
-    err = capsys.readouterr().err  # every line on stderr, and no bar drawn into a pipe or file
-    assert "step 2/2 | loss" in err and "\r" not in err and "it/s" not in err and "step/s" not in err
-
-
 def _cli(workdir, corpus, tokenizer_dir, *extra):
     return [sys.executable, "-c", "import sys; from dlm_jax.cli import main; sys.exit(main())", "train", "--config", "tiny", "--workdir", str(workdir),
             "--data", corpus, "--set", f"tokenizer={tokenizer_dir}", "--set", "log_every=1", *extra]
 
 
+TWELVE_STEPS = ("--steps", "12", "--set", "checkpoint_every=3")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, corpus, tokenizer_dir):
+    """The parameters of a 12-step run never interrupted (in a process, like the runs it is
+    compared with)."""
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    subprocess.run(_cli(workdir, corpus, tokenizer_dir, *TWELVE_STEPS), check=True, capture_output=True)
+    return load_params_from_workdir(workdir)
+
+
 @pytest.mark.slow
-def test_resume_after_kill9_is_bit_exact(tmp_path, corpus, tokenizer_dir):
-    args = ("--steps", "12", "--set", "checkpoint_every=3")
+def test_resume_after_kill9_is_bit_exact(tmp_path, corpus, tokenizer_dir, uninterrupted):
+    args = TWELVE_STEPS
     env = dict(os.environ)
-    subprocess.run(_cli(tmp_path / "full", corpus, tokenizer_dir, *args), check=True, env=env,
-                   capture_output=True)
     proc = subprocess.Popen(_cli(tmp_path / "cut", corpus, tokenizer_dir, *args), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:  # kill -9 right after step 7 is logged: mid-interval, a save in flight
@@ -160,7 +161,7 @@ def test_resume_after_kill9_is_bit_exact(tmp_path, corpus, tokenizer_dir):
     assert saved and saved[-1] < 12
     subprocess.run(_cli(tmp_path / "cut", corpus, tokenizer_dir, *args), check=True, env=env,
                    capture_output=True)
-    full = load_params_from_workdir(tmp_path / "full")
+    full = uninterrupted
     cut = load_params_from_workdir(tmp_path / "cut")
     for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(cut)):
         assert np.array_equal(np.asarray(a), np.asarray(b))
@@ -265,13 +266,15 @@ def test_workdir_has_one_owner(tmp_path, corpus, tokenizer_dir, capsys):
     first.kill()
     first.wait()
     assert json.loads((workdir / "train.lock").read_text())["pid"] == first.pid  # left behind by kill -9
-    assert main(["train", "--config", "tiny", "--workdir", str(workdir), "--data", corpus, "--steps", "2",
-                 "--set", f"tokenizer={tokenizer_dir}"]) == 0
-    assert f"took over the lock of dlm-jax train (pid {first.pid} " in capsys.readouterr().err
-    assert not (workdir / "train.lock").exists() and _saved_steps(workdir) == [2]
+    # the next run takes the lock over (and is then refused for its missing corpus, at no cost)
+    assert main(["train", "--config", "tiny", "--workdir", str(workdir), "--data", str(tmp_path / "missing.txt"),
+                 "--set", f"tokenizer={tokenizer_dir}"]) == 2
+    err = capsys.readouterr().err
+    assert f"took over the lock of dlm-jax train (pid {first.pid} " in err and "missing.txt" in err
+    assert not (workdir / "train.lock").exists()
 
 
-def test_ctrl_c_saves_the_current_step_and_resume_is_exact(tmp_path, corpus, tokenizer_dir):
+def test_ctrl_c_saves_the_current_step_and_resume_is_exact(tmp_path, corpus, tokenizer_dir, uninterrupted):
     """Ctrl-C right after step 3 is logged, while step 3's checkpoint is being written: that
     checkpoint and the current step are kept, the run exits 0 naming the step, and resuming
     from it gives the parameters of a run never interrupted."""
@@ -282,12 +285,15 @@ def test_ctrl_c_saves_the_current_step_and_resume_is_exact(tmp_path, corpus, tok
     cut.send_signal(signal.SIGINT)
     rest = cut.communicate(timeout=120)[0]
     assert cut.returncode == 0, rest
-    step = int(re.search(r"^Ctrl-C: saved step (\d+), exiting", rest, re.M).group(1))
-    assert 3 <= step < 1000 and {3, step} <= set(_saved_steps(tmp_path / "cut"))
-    # Resumed with a shorter budget (the warmup rates of the steps done do not depend on it).
-    _, resumed = run(tmp_path / "cut", corpus, tokenizer_dir, "checkpoint_every=3", steps=step + 2)
-    _, full = run(tmp_path / "full", corpus, tokenizer_dir, "checkpoint_every=3", steps=step + 2)
-    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed), strict=True):
+    step = int(re.search(r"^Ctrl-C: saved step (\d+), exiting", rest, re.MULTILINE).group(1))
+    assert 3 <= step < 12 and {3, step} <= set(_saved_steps(tmp_path / "cut"))
+    # Resumed with the budget of 12: the warmup rates of the steps done do not depend on it.
+    resumed = subprocess.run(_cli(tmp_path / "cut", corpus, tokenizer_dir, *TWELVE_STEPS), capture_output=True,
+                             text=True, check=True)
+    assert (f"resuming step {step} with steps 1000 -> 12 (the learning rate of the steps done is unchanged)"
+            in resumed.stderr)
+    for a, b in zip(jax.tree.leaves(uninterrupted), jax.tree.leaves(load_params_from_workdir(tmp_path / "cut")),
+                    strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -325,19 +331,18 @@ def test_resume_says_what_changed_and_refuses_what_breaks_it(tmp_path, corpus, t
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and said in err[0] and "--allow-changes" in err[0], err
     assert _snapshot(workdir) == before  # config.json included: a refused resume writes nothing
-    # More steps during warmup keep every rate: said, and resumed
-    assert main(base + ["--steps", "3", "--set", "checkpoint_every=1"]) == 0
-    assert "resuming step 2 with steps 2 -> 3 (the learning rate of the steps done is unchanged)" in \
-        capsys.readouterr().err
     assert main(base + ["--steps", "4", "--set", "lr=0.004", "--allow-changes"]) == 0
-    assert "resuming step 3 with lr 0.002 -> 0.004, steps 3 -> 4 (allowed by --allow-changes" in \
-        capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "resuming step 2 with lr 0.002 -> 0.004, steps 2 -> 4 (allowed by --allow-changes" in err
     assert json.loads((workdir / "config.json").read_text())["lr"] == 0.004 and _saved_steps(workdir)[-1] == 4
+    # every line on stderr, no progress bar drawn into a pipe or file
+    assert "step 4/4 | loss" in err and "\r" not in err and "step/s" not in err
 
 
 def test_failed_run_leaves_nothing_a_later_run_reuses(tmp_path, corpus, capsys):
     """No tokenizer named: each run trains one. A run refused after training it (too little
-    text for a batch) leaves no model/ and no staging, so the next run trains its own."""
+    text for a batch) leaves no model/, no staging and no config, so the next run trains its own.
+    (Runs that pass their checks commit model/: test_loss_falls_and_metrics_written.)"""
     workdir = tmp_path / "w"
     small = tmp_path / "small.txt"
     small.write_text(open(corpus).read()[:1000])
@@ -346,11 +351,10 @@ def test_failed_run_leaves_nothing_a_later_run_reuses(tmp_path, corpus, capsys):
     err = capsys.readouterr().err
     assert "training a 400-token byte-level BPE" in err and "one batch needs 16" in err.strip().splitlines()[-1]
     assert not workdir.exists()  # made for the run, empty again: removed
-    assert main(base + ["--data", corpus]) == 0
-    assert f"training a 400-token byte-level BPE on {corpus}" in capsys.readouterr().err
-    from dlm_jax.tokenizer import load_tokenizer
-
-    assert len(load_tokenizer(workdir / "model")) == 400 and not (workdir / "staging").exists()
+    # The next run finds no tokenizer to reuse: it trains its own (and fails the same way).
+    assert main(base + ["--data", str(small)]) == 2
+    assert "training a 400-token byte-level BPE" in capsys.readouterr().err
+    assert not workdir.exists()
 
 
 def test_workdir_that_is_a_file_is_refused(tmp_path, corpus, tokenizer_dir, capsys):
