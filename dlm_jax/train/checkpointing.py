@@ -87,6 +87,8 @@ def _holder() -> dict:
 
 
 def _describe(holder: dict) -> str:
+    if not holder:  # caught between its flock and its write
+        return "another dlm-jax train (starting)"
     return f"dlm-jax train (pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')})"
 
 
@@ -213,7 +215,8 @@ class WorkdirLock:
 
     def __exit__(self, *exc):
         if self.fd is not None:
-            os.unlink(self.path)  # while still holding the flock, then let it go
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)  # while still holding the flock, then let it go
             os.close(self.fd)
         elif self.heartbeat is not None:
             self.heartbeat.set()
