@@ -1,6 +1,6 @@
 """Benchmark of the on-device sampler (a script, never a timed test).
 
-For each shape (tiny, small, roberta-base; vocabulary 50265) and compute dtype, on one random
+Part 1 (--sizes). For each shape (tiny, small, roberta-base; vocabulary 50265) and compute dtype, on one random
 RobertaForMaskedLM converted with dlm_jax.convert (same weights, same prompts, same steps):
   (a) overhead = time(generate, S steps) / (S * time(one jitted forward of the same shape, all
       128 positions through the vocabulary head));
@@ -15,13 +15,31 @@ runs, every contender interleaved in each repeat so a shared machine's load hits
 "same tokens" is the share of the 8 x 64 generated tokens equal to the PyTorch loop's (float32
 loop for float32 rows, autocast loop for bfloat16 rows). Prints a Markdown table.
 
+Part 2 (--cache-sizes, --checkpoint): cached sampling, prompt 64 + 128 generated positions in
+blocks of 32, greedy low_confidence with LLaDA's even split (--cache-steps 32: 8 steps and 4
+tokens per step per block), batch 8. cache=None against cache="dual" at K = the block's steps
+(refresh only at block starts, as Fast-dLLM's DualCache) and at each K of --refresh (the curve),
+and cache="prefix": time, speed-up over cache=None, and the share of generated tokens equal to
+cache=None's. Agreement means something only on a trained model: --checkpoint DIR (a dlm-jax
+model dir, a training workdir or a HF dir) adds its rows, with prompts cut from real text
+(WikiText-2 valid); the random shapes (small: hidden 256 x 4 layers; base: roberta-base) are for
+speed. Beside them, a Fast-dLLM-style dual-cache loop written here in PyTorch over transformers'
+model with the same weights and the same rule (full forward at each block start keeping every
+layer's keys and values, then forwards over the block only; commits as above), at 1 thread and
+at all threads, the faster counting; "same tokens" there is against our dual cache.
+
     python scripts/bench_sampler.py [--sizes tiny small base] [--steps 16] [--dtypes float32 bfloat16]
+    python scripts/bench_sampler.py --sizes --cache-sizes small base [--checkpoint runs/quickstart]
+        [--prompt-length 64 --gen-length 128 --block-length 32 --cache-steps 32 --refresh 1 2 4]
 """
 
 import argparse
 import contextlib
 import os
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -30,10 +48,14 @@ import torch
 import transformers
 from flax import nnx
 
+import dlm_jax
 from dlm_jax import sampling
 from dlm_jax.api import Model
-from dlm_jax.models.params import encoder_with_params
-from dlm_jax.convert import encoder_config_from_hf, params_from_hf
+from dlm_jax.convert import encoder_config_from_hf, export_hf, params_from_hf
+from dlm_jax.models.params import encoder_with_params, params_of
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import converted, hf_masked_lm  # noqa: E402
 
 SHAPES = {
     "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
@@ -130,20 +152,163 @@ def bench_shape(name, steps, dtypes, repeats):
     return rows
 
 
+# ---------------------------------------------------------------------------------------------
+# Part 2: cached sampling.
+
+TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw" / "wiki.valid.raw"
+
+
+def even_counts(masks, steps):
+    """LLaDA's even split of each row's masks [B] over `steps` steps: [steps, B]."""
+    return [masks // steps + (s < masks % steps).long() for s in range(steps)]
+
+
+def torch_parts(model):
+    """(embeddings, layers, MLM head) of a transformers BERT or RoBERTa MLM."""
+    base = model.roberta if hasattr(model, "roberta") else model.bert
+    return base.embeddings, base.encoder.layer, (model.lm_head if hasattr(model, "lm_head") else model.cls)
+
+
+def torch_block(layer, x, kv=None, start=0):
+    """One transformers BERT block over x [B, W, H]; with kv (keys, values [B, heads, L, d] of
+    the whole canvas), x is the window start .. start + W and its keys and values replace the
+    cached ones there. Returns (output, x's keys and values)."""
+    attention = layer.attention.self
+    split = lambda t: t.view(*x.shape[:2], attention.num_attention_heads, -1).transpose(1, 2)
+    q, k, v = split(attention.query(x)), split(attention.key(x)), split(attention.value(x))
+    keys, values = k, v
+    if kv is not None:
+        keys, values = kv[0].clone(), kv[1].clone()
+        keys[:, :, start:start + x.shape[1]], values[:, :, start:start + x.shape[1]] = k, v
+    context = torch.nn.functional.scaled_dot_product_attention(q, keys, values)
+    h = layer.attention.output(context.transpose(1, 2).reshape(x.shape), x)
+    return layer.output(layer.intermediate(h), h), (k, v)
+
+
+def torch_dual_cache_generate(model, canvas, prompt_length, block_length, steps, mask_id, position_offset):
+    """Fast-dLLM's generate_with_dual_cache (greedy low_confidence, even split per block),
+    written plainly over transformers' modules: per block, one full forward keeping every
+    layer's keys and values, then steps over the block only (its keys and values recomputed,
+    the prompt's and the masked suffix's read from the cache)."""
+    embeddings, layers, head = torch_parts(model)
+    x = canvas.clone()
+    num_blocks = (x.shape[1] - prompt_length) // block_length
+    per_block = steps // num_blocks
+    positions = torch.arange(x.shape[1])[None].expand(x.shape[0], -1) + position_offset
+    with torch.inference_mode():
+        for b in range(num_blocks):
+            start, end = prompt_length + b * block_length, prompt_length + (b + 1) * block_length
+            counts = even_counts((x[:, start:end] == mask_id).sum(1), per_block)
+            cache = None  # refreshed at the block's first step
+            for i in range(per_block):
+                lo, hi = (0, x.shape[1]) if cache is None else (start, end)
+                h = embeddings(input_ids=x[:, lo:hi], position_ids=positions[:, lo:hi])
+                fresh = []
+                for j, layer in enumerate(layers):
+                    h, layer_kv = torch_block(layer, h, None if cache is None else cache[j], start)
+                    fresh.append(layer_kv)
+                if cache is None:
+                    cache, h = fresh, h[:, start:end]
+                logits = head(h).float()
+                logits[..., mask_id] = -torch.inf  # a mask is never proposed (as in dlm_jax)
+                proposal = logits.argmax(-1)
+                confidence = torch.softmax(logits, -1).gather(-1, proposal[..., None])[..., 0]
+                block = x[:, start:end]
+                confidence = torch.where(block == mask_id, confidence, -torch.inf)
+                for row in range(x.shape[0]):
+                    chosen = torch.topk(confidence[row], int(counts[i][row])).indices
+                    block[row, chosen] = proposal[row, chosen]
+    return x.numpy()
+
+
+def text_prompts(tokenizer, batch, length):
+    """`batch` prompts of BOS + length - 1 tokens cut from WikiText-2's validation text."""
+    ids = sampling.encode_prompt(tokenizer, TEXT.read_text()[:200_000])
+    bos, body = ids[:1], ids[1:]
+    return np.stack([bos + body[i * length: (i + 1) * length - 1] for i in range(batch)])
+
+
+def random_model(name):
+    torch_model = hf_masked_lm("roberta", vocab=50265, hidden=SHAPES[name]["hidden_size"],
+                               layers=SHAPES[name]["num_hidden_layers"], length=512)
+    config, params = converted(torch_model)
+    return config.replace(mask_token_id=MASK_ID), params, torch_model
+
+
+def trained_model(path):
+    """(config, params, tokenizer, transformers model with the same weights or None) of a
+    checkpoint; the PyTorch loop covers BERT and RoBERTa."""
+    import transformers
+
+    model = dlm_jax.load(path)
+    torch_model = None
+    if model.config.model_type in ("bert", "roberta"):
+        with tempfile.TemporaryDirectory() as tmp:
+            export_hf(tmp, model.config, params_of(model.encoder))
+            torch_model = transformers.AutoModelForMaskedLM.from_pretrained(tmp).eval()
+    return model.config, params_of(model.encoder), model.tokenizer, torch_model
+
+
+def bench_cache(label, config, params, torch_model, prompts, args, dtype):
+    gen, block, steps = args.gen_length, args.block_length, args.cache_steps
+    per_block = steps // (gen // block)
+    model = Model(config, encoder_with_params(config, params, dtype=dtype))
+    common = dict(gen_length=gen, steps=steps, block_length=block)
+    runs = {("none", "-"): lambda: sampling.generate(model, prompts, **common)}
+    for k in sorted(set(args.refresh) | {per_block}):
+        runs[("dual", k)] = lambda k=k: sampling.generate(model, prompts, cache="dual", refresh_every=k, **common)
+    runs[("prefix", per_block)] = lambda: sampling.generate(model, prompts, cache="prefix", **common)
+    canvas = torch.tensor(np.concatenate([prompts, np.full((len(prompts), gen), config.mask_token_id)], 1))
+    if torch_model is not None and dtype == "float32":
+        for threads in sorted({1, torch.get_num_threads()}):
+            runs[("torch", threads)] = with_threads(threads, lambda: torch_dual_cache_generate(
+                torch_model, canvas, prompts.shape[1], block, steps, config.mask_token_id, config.position_offset))
+    first, outputs = {}, {}
+    for key, fn in runs.items():  # the first call compiles; its tokens are the ones compared
+        first[key], outputs[key] = timed(fn)
+    times = {key: [] for key in runs}
+    for _ in range(args.repeats):
+        for key, fn in runs.items():
+            times[key].append(timed(fn)[0])
+    torch.set_num_threads(os.cpu_count())
+    t = {key: float(np.median(v)) for key, v in times.items()}
+    same = lambda a, b: float((outputs[a][:, prompts.shape[1]:] == outputs[b][:, prompts.shape[1]:]).mean())
+    dual = ("dual", per_block)
+    for key in runs:
+        if key[0] == "torch":
+            continue
+        print(f"| {label} | {dtype} | {key[0]} | {key[1]} | {t[key]:.3f} | {t[('none', '-')] / t[key]:.2f}x | "
+              f"{same(key, ('none', '-')):.1%} | {first[key] - t[key]:.1f} |", flush=True)
+    torch_runs = [key for key in runs if key[0] == "torch"]
+    if torch_runs:
+        best = min(torch_runs, key=t.get)
+        print(f"| {label} | {dtype} | torch dual-cache loop ({best[1]} threads) | {per_block} | {t[best]:.3f} | "
+              f"ours dual {t[best] / t[dual]:.2f}x faster | {same(best, dual):.1%} of ours dual | - |", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--sizes", nargs="*", default=list(SHAPES), choices=list(SHAPES), help="part 1")
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cache-sizes", nargs="*", default=[], choices=list(SHAPES), help="part 2")
+    parser.add_argument("--checkpoint", help="part 2 on a trained model (agreement)")
+    parser.add_argument("--cache-dtypes", nargs="+", default=["float32"])
+    parser.add_argument("--prompt-length", type=int, default=64)
+    parser.add_argument("--gen-length", type=int, default=128)
+    parser.add_argument("--block-length", type=int, default=32)
+    parser.add_argument("--cache-steps", type=int, default=32)
+    parser.add_argument("--refresh", type=int, nargs="*", default=[1, 2, 4], help="K of the curve")
     args = parser.parse_args()
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads); batch {BATCH}, {PROMPT}+{GEN} positions, {args.steps} steps, "
-          f"median of {args.repeats}; load average {os.getloadavg()[0]:.1f} at start")
-    header = ("| shape | dtype | generate s | forward s | overhead (a) | torch fp32 loop s (threads) | speed-up (b) "
-              "| torch bf16 autocast loop s (threads) | speed-up vs autocast | compile s (c) | same tokens |")
-    print(header)
-    print("|---" * (header.count("|") - 1) + "|")
+          f"({torch.get_num_threads()} threads); load average {os.getloadavg()[0]:.1f} at start")
+    if args.sizes:
+        print(f"\nPart 1: batch {BATCH}, {PROMPT}+{GEN} positions, {args.steps} steps, median of {args.repeats}")
+        header = ("| shape | dtype | generate s | forward s | overhead (a) | torch fp32 loop s (threads) | speed-up (b) "
+                  "| torch bf16 autocast loop s (threads) | speed-up vs autocast | compile s (c) | same tokens |")
+        print(header)
+        print("|---" * (header.count("|") - 1) + "|")
     for name in args.sizes:
         for r in bench_shape(name, args.steps, args.dtypes, args.repeats):
             (t32, n32), bf16 = r["torch"], r["torch_bf16"]
@@ -152,6 +317,30 @@ def main():
                   f"{r['generate'] / (r['steps'] * r['forward']):.3f} | {t32:.3f} ({n32}) | "
                   f"{t32 / r['generate']:.2f}x | {autocast} | {r['compile']:.1f} | {r['agree']:.1%} |",
                   flush=True)
+    if not (args.cache_sizes or args.checkpoint):
+        return
+    print(f"\nPart 2: batch {BATCH}, prompt {args.prompt_length} + {args.gen_length} generated in blocks of "
+          f"{args.block_length}, {args.cache_steps} steps, greedy low_confidence, median of {args.repeats}")
+    header = "| model | dtype | cache | K | generate s | speed-up vs cache=None | same tokens as cache=None | compile s |"
+    print(header)
+    print("|---" * (header.count("|") - 1) + "|")
+    models = []
+    if args.checkpoint:
+        config, params, tokenizer, torch_model = trained_model(args.checkpoint)
+        need = args.prompt_length + args.gen_length
+        if need > config.max_length:
+            parser.error(f"{args.checkpoint} embeds {config.max_length} positions; lower --prompt-length + "
+                         f"--gen-length ({need})")
+        models.append((f"{Path(args.checkpoint).name} (checkpoint)", config, params, torch_model,
+                       text_prompts(tokenizer, BATCH, args.prompt_length)))
+    for name in args.cache_sizes:
+        config, params, torch_model = random_model(name)
+        prompts = np.random.default_rng(0).integers(3, 50000, (BATCH, args.prompt_length))
+        prompts[:, 0] = 0
+        models.append((f"{name} (random)", config, params, torch_model, prompts))
+    for label, config, params, torch_model, prompts in models:
+        for dtype in args.cache_dtypes:
+            bench_cache(label, config, params, torch_model, prompts, args, dtype)
 
 
 if __name__ == "__main__":

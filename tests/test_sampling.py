@@ -50,6 +50,7 @@ CASES = {
     "origin": dict(remasking="origin", temperature=1.0),
     "threshold": dict(remasking="threshold", confidence_threshold=0.5),
     "threshold_blocks": dict(remasking="threshold", block_length=4, temperature=1.0),
+    "factor": dict(remasking="factor", factor=2.0, block_length=4),
     "random_remask": dict(remasking="random_remask", schedule="linear"),
     "cosine": dict(schedule="cosine", block_length=8),
     "sampled": dict(temperature=1.0),
@@ -204,6 +205,19 @@ def test_generated_text_trims_at_eos(shared_data):
     ids = np.array([[0] + hello + [tokenizer.eos_token_id] + rest])
     assert sampling.generated_text(tokenizer, ids, 1, eos_id=tokenizer.eos_token_id) == [" hello world"]
     assert sampling.generated_text(tokenizer, ids, 1) == [" hello world more"]
+
+
+def test_encode_prompt_ignores_the_tokenizers_truncation(shared_data):
+    """A tokenizer.json may truncate (MiniLM's cuts at 128 tokens); prompts are encoded whole."""
+    from helpers_hf import hf_tokenizer
+
+    tokenizer = hf_tokenizer("roberta")
+    text = (shared_data / "wikitext-2-raw" / "wiki.valid.raw").read_text()[:2000]
+    whole = [tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"]
+    tokenizer.backend_tokenizer.enable_truncation(16)
+    assert len(tokenizer.backend_tokenizer.encode(text).ids) == 16
+    assert sampling.encode_prompt(tokenizer, text) == whole and len(whole) > 100
+    assert sampling.cut_at_eos([5, 6, 2, 7, 2], 2) == [5, 6] and sampling.cut_at_eos([5, 6], None) == [5, 6]
 
 
 def test_cli_generate(tmp_path, capsys):

@@ -8,14 +8,25 @@ from flax import nnx
 from dlm_jax import ops
 from dlm_jax.sampling.plan import (
     DEFAULT_CONFIDENCE_THRESHOLD,
+    DEFAULT_FACTOR,
     Knobs,
     Plan,
     as_batch,
     check,
     step_tables,
 )
-from dlm_jax.sampling.step import sampler_step
-from dlm_jax.sampling.strategies import STRATEGY_TABLE
+from dlm_jax.sampling.step import (
+    active_region,
+    commit_step,
+    encode_canvas,
+    encode_canvas_kv,
+    encode_window,
+    same_region,
+    window_branch,
+    window_in_canvas,
+    window_offset,
+)
+from dlm_jax.sampling.strategies import strategy_named
 from dlm_jax.tokenizer import encode_texts, special_token_ids
 
 
@@ -25,30 +36,68 @@ def _run(plan, graphdef, params, canvas, attention_mask, prompt_mask, seed, knob
     encoder = nnx.merge(graphdef, params)
     weights, bias = encoder.vocab_decoder()
     decoder = ops.vocab_chunks(weights, bias, encoder.dtype, plan.vocab_chunk, plan.forbidden_ids)
-    step_fn = lambda c, x: sampler_step(plan, encoder, decoder, c, attention_mask, prompt_mask, target, seed,
-                                        knobs, x)
-    if not plan.strategy.bounded_loop:
-        def body(c, x):
-            c = step_fn(c, x)
+    rows = (attention_mask, prompt_mask, plan.use_cfg, plan.mask_id)  # what every encoder call takes
+    commit = lambda hidden, c, x, windowed=False: commit_step(plan, encoder, decoder, hidden, c, attention_mask,
+                                                              target, seed, knobs, x, windowed)
+    if plan.cache is None and not plan.loop_until_done:
+        def body(c, x):  # a fixed number of steps: one scan
+            c = commit(encode_canvas(encoder, c, *rows), c, x)
             return c, (c if plan.return_history else None)
 
         return jax.lax.scan(body, canvas, tables)
 
-    # A bounded loop: stop as soon as no row has a mask left; `steps` bounds the loop.
+    # A while loop over segments: one step over the whole canvas (with a cache: a refresh, keeping
+    # every block's keys and values), then with a cache the steps that can reuse them.
+    row = lambda step: jax.tree.map(lambda a: a[step], tables)
     history = jnp.zeros((plan.steps if plan.return_history else 0, *canvas.shape), canvas.dtype)
 
-    def cond(state):
-        step, c, _ = state
+    def running(step, c):
+        if not plan.loop_until_done:
+            return step < plan.steps
         return (step < plan.steps) & jnp.any((c == plan.mask_id) & (attention_mask == 1))
 
-    def body(state):
-        step, c, hist = state
-        c = step_fn(c, jax.tree.map(lambda a: a[step], tables))
+    def advance(state, c):  # the state after a step that produced canvas c
+        step, _, hist = state
         if plan.return_history:
             hist = jax.lax.dynamic_update_index_in_dim(hist, c, step, 0)
         return step + 1, c, hist
 
-    done, canvas, history = jax.lax.while_loop(cond, body, (jnp.int32(0), canvas, history))
+    def window_hidden(region, kv, width):  # one lax.switch branch: the encoder over a window of `width`
+        def run(c):
+            offset = window_offset(region, width, canvas.shape[1])
+            hidden = encode_window(encoder, c, *rows, kv, offset, width)
+            return window_in_canvas(hidden, offset, canvas.shape[1], plan.use_cfg)
+        return run
+
+    def cached_steps(state, region, kv, start):
+        """Steps over each row's window, until the region moves (a block starts), refresh_every
+        steps have passed since the refresh, or a bounded loop's last step (which fills every
+        mask) comes; none when no window holds the region."""
+        branch = window_branch(plan, region)
+        windows = [window_hidden(region, kv, width) for width in plan.window_widths]
+
+        def cond(state):
+            step, c, _ = state
+            go = (branch > 0) & running(step, c) & (step - start < knobs.refresh_every)
+            go &= same_region(active_region(plan, c, attention_mask, row(step)), region)
+            return go & (step != plan.steps - 1) if plan.strategy.bounded_loop else go
+
+        def body(state):
+            step, c, _ = state
+            return advance(state, commit(jax.lax.switch(branch - 1, windows, c), c, row(step), windowed=True))
+
+        return jax.lax.while_loop(cond, body, state)
+
+    def segment(state):
+        step, c, _ = state
+        if plan.cache is None:
+            return advance(state, commit(encode_canvas(encoder, c, *rows), c, row(step)))
+        region = active_region(plan, c, attention_mask, row(step))
+        hidden, kv = encode_canvas_kv(encoder, c, *rows)
+        return cached_steps(advance(state, commit(hidden, c, row(step))), region, kv, step)
+
+    done, canvas, history = jax.lax.while_loop(lambda state: running(*state[:2]), segment,
+                                               (jnp.int32(0), canvas, history))
     if not plan.return_history:
         return canvas, None
     # Steps that did not run repeat the final canvas.
@@ -74,6 +123,11 @@ def generate(
     cfg_scale: float = 0.0,
     confidence_threshold: float | None = None,
     forbid_eos: bool = False,
+    factor: float | None = None,
+    alg_temp: float | None = None,
+    cache: str | None = None,
+    refresh_every: int | None = None,
+    stop_at_eos: bool = False,
     seed: int = 0,
     attention_mask=None,
     return_history: bool = False,
@@ -92,6 +146,15 @@ def generate(
     cfg_scale: classifier-free guidance weight w (0: off).
     confidence_threshold: for remasking="threshold" (default 0.9); steps is then the bound.
     forbid_eos: never propose the EOS token.
+    factor: for remasking="factor" (Fast-dLLM's rule, default 1.0); steps is then the bound.
+    alg_temp: Dream's name: draw the positions to commit by softmax(score / alg_temp) instead of
+      taking the best scores (0 or None: the best).
+    cache: None (every step encodes the whole canvas), "prefix" or "dual": keys and values of
+      the positions outside each row's active block (prefix: before it; dual: also after it) are
+      reused between refreshes, at each block start and every `refresh_every` steps (default:
+      only at block starts). refresh_every=1 gives exactly the uncached tokens.
+    stop_at_eos: a row whose generated text has ended (an EOS with no mask before it) is done:
+      its remaining masks become EOS, and the loop stops once every row is done.
     mesh: shard the batch of prompts over this mesh's devices (rows padded to fill it).
 
     Returns int32 NumPy ids [B, P + gen_length] (and the history [steps, B, P + gen_length] of
@@ -103,24 +166,31 @@ def generate(
     check(config, getattr(model, "tokenizer", None), ids, gen_length=gen_length, steps=steps,
           block_length=block_length, temperature=temperature, top_k=top_k, top_p=top_p,
           remasking=remasking, schedule=schedule, cfg_scale=cfg_scale,
-          confidence_threshold=confidence_threshold, forbid_eos=forbid_eos)
+          confidence_threshold=confidence_threshold, forbid_eos=forbid_eos, factor=factor, alg_temp=alg_temp,
+          cache=cache, refresh_every=refresh_every, stop_at_eos=stop_at_eos)
     prompt_masks = (ids == config.mask_token_id) & (mask == 1)
     plan = Plan(
-        strategy=STRATEGY_TABLE[remasking], steps=int(steps), prompt_length=ids.shape[1],
+        strategy=strategy_named(remasking), steps=int(steps), prompt_length=ids.shape[1],
         gen_length=int(gen_length), block_length=int(block_length), mask_id=config.mask_token_id,
         sample=temperature > 0, top_k=None if top_k is None else int(top_k),
         use_top_p=top_p is not None and top_p < 1, use_cfg=cfg_scale > 0,
         forbidden_ids=(config.mask_token_id,) + ((config.eos_token_id,) if forbid_eos else ()),
         return_history=bool(return_history), infill=bool(prompt_masks.any()),
-        vocab_chunk=min(ops.VOCAB_CHUNK, config.vocab_size),
+        vocab_chunk=min(ops.VOCAB_CHUNK, config.vocab_size), cache=cache,
+        stop_eos=config.eos_token_id if stop_at_eos else None, alg_temp=bool(alg_temp),
     )
     batch = ids.shape[0]
     canvas = np.concatenate([ids, np.full((batch, gen_length), config.mask_token_id)], axis=1)
     full_mask = np.concatenate([mask, np.ones((batch, gen_length), np.int32)], axis=1)
     prompt_mask = np.concatenate([(mask == 1) & ~prompt_masks, np.zeros((batch, gen_length), bool)], axis=1)
     tables = step_tables(plan, prompt_masks.sum(1), schedule)
-    threshold = DEFAULT_CONFIDENCE_THRESHOLD if confidence_threshold is None else confidence_threshold
-    knobs = Knobs(*(np.float32(v) for v in (temperature, 1.0 if top_p is None else top_p, cfg_scale, threshold)))
+    knobs = Knobs(
+        temperature=np.float32(temperature), top_p=np.float32(1.0 if top_p is None else top_p),
+        cfg_scale=np.float32(cfg_scale),
+        threshold=np.float32(DEFAULT_CONFIDENCE_THRESHOLD if confidence_threshold is None else confidence_threshold),
+        factor=np.float32(DEFAULT_FACTOR if factor is None else factor), alg_temp=np.float32(alg_temp or 1.0),
+        refresh_every=np.int32(steps if refresh_every is None else refresh_every),
+    )
 
     rows = {"canvas": canvas.astype(np.int32), "mask": full_mask, "prompt": prompt_mask,
             "count": tables.count.T}  # counts travel batch-first so they shard with the rows

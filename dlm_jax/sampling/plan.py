@@ -12,11 +12,13 @@ from typing import NamedTuple
 import numpy as np
 
 from dlm_jax.errors import UserError
-from dlm_jax.sampling.strategies import STRATEGIES, STRATEGY_TABLE, Strategy
+from dlm_jax.sampling.strategies import STRATEGIES, Strategy, strategy_named
 
 SCHEDULES = ("even", "cosine", "linear")
+CACHES = ("prefix", "dual")  # cache=None: every step runs the encoder over the whole canvas
 ORIGIN_EPS = 1e-3  # Dream's final time: t runs from 1 down to eps
 DEFAULT_CONFIDENCE_THRESHOLD = 0.9  # RoBERTa-diffusion's value
+DEFAULT_FACTOR = 1.0  # Fast-dLLM's default
 HEAD_SIZES = 4  # static numbers of positions the head may see per step: window * (1..4) / 4
 
 
@@ -59,6 +61,23 @@ class Plan:
     return_history: bool
     infill: bool  # some prompt holds mask tokens
     vocab_chunk: int  # ops.VOCAB_CHUNK when the plan was made
+    cache: str | None = None  # None | "prefix" | "dual": keys and values reused between refreshes
+    stop_eos: int | None = None  # stop_at_eos: the EOS id that ends a row
+    alg_temp: bool = False  # positions drawn by softmax(score / alg_temp) instead of the best scores
+
+    @property
+    def loop_until_done(self) -> bool:
+        """Steps run in a while loop that ends once no row has a mask left."""
+        return self.strategy.bounded_loop or self.stop_eos is not None
+
+    @property
+    def window_widths(self) -> tuple[int, ...]:
+        """The static numbers of positions per row a cached step recomputes (one compiled
+        encoder each): dual, a block; prefix, the block and everything after it, for each block.
+        A step whose rows need more (the prompt's masks when infilling) runs as a refresh."""
+        if self.cache == "dual":
+            return (self.block_length,)
+        return tuple(self.gen_length - b * self.block_length for b in reversed(range(self.num_blocks)))
 
     @property
     def window(self) -> int:
@@ -90,19 +109,23 @@ class Plan:
 
 
 class Knobs(NamedTuple):
-    """The float settings of a call: inputs of the compiled program, not part of its key."""
+    """The settings of a call that are inputs of the compiled program, not part of its key."""
 
-    temperature: float
-    top_p: float  # 1.0 when off
-    cfg_scale: float
-    threshold: float  # threshold's confidence
+    temperature: np.float32
+    top_p: np.float32  # 1.0 when off
+    cfg_scale: np.float32
+    threshold: np.float32  # threshold's confidence
+    factor: np.float32  # the factor rule's bound
+    alg_temp: np.float32  # temperature of the positions' draw (with plan.alg_temp)
+    refresh_every: np.int32  # with a cache: steps between refreshes inside a block
 
 
 class StepTables(NamedTuple):
     """Per-step inputs of the loop, computed on the host once; inside the loop, one step's row."""
 
     step: np.ndarray  # int32 [S]: 0 .. S - 1
-    start: np.ndarray  # int32 [S]: the active block [start, end); block 0 also covers the prompt
+    start: np.ndarray  # int32 [S]: the active block [start, end); block 0 also covers the
+    # prompt when it holds masks
     end: np.ndarray  # int32 [S]
     count: np.ndarray  # int32 [S, B]: tokens to commit (random_remask: the block's running total)
     transfer: np.ndarray  # float32 [S]: origin's probability 1 - s/t
@@ -140,11 +163,12 @@ def as_batch(prompt_ids, attention_mask, pad_id):
 
 
 def check(config, tokenizer, ids, *, gen_length, steps, block_length, temperature, top_k, top_p,
-          remasking, schedule, cfg_scale, confidence_threshold, forbid_eos):
+          remasking, schedule, cfg_scale, confidence_threshold, forbid_eos, factor=None, alg_temp=None,
+          cache=None, refresh_every=None, stop_at_eos=False):
     """Raise UserError for every mistake a user can make, before anything is compiled."""
     if remasking not in STRATEGIES:
         raise UserError(f"unknown remasking strategy {remasking!r}; choose one of {', '.join(STRATEGIES)}")
-    strategy = STRATEGY_TABLE[remasking]
+    strategy = strategy_named(remasking)
     if schedule not in SCHEDULES:
         raise UserError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     if config.mask_token_id is None or (tokenizer is not None and getattr(tokenizer, "mask_token_id", 0) is None):
@@ -185,6 +209,32 @@ def check(config, tokenizer, ids, *, gen_length, steps, block_length, temperatur
             raise UserError(f"confidence_threshold must lie in (0, 1], got {confidence_threshold}")
     if forbid_eos and config.eos_token_id is None:
         raise UserError("forbid_eos needs an EOS token, but the config has eos_token_id None")
+    if factor is not None:
+        if strategy.name != "factor":
+            raise UserError("factor only applies to remasking='factor'")
+        if not factor > 0:
+            raise UserError(f"factor must be > 0, got {factor}")
+    if alg_temp:
+        if not strategy.counted or strategy.score is None:
+            raise UserError("alg_temp draws the positions to commit by their confidence; it applies to "
+                            "low_confidence (maskgit_plus), topk_margin and entropy")
+        if not alg_temp > 0:
+            raise UserError(f"alg_temp must be >= 0 (0 or None commits the most confident), got {alg_temp}")
+    if cache is not None and cache not in CACHES:
+        raise UserError(f"unknown cache {cache!r}; choose None or one of {', '.join(CACHES)}")
+    if refresh_every is not None:
+        if cache is None:
+            raise UserError("refresh_every applies with cache='prefix' or cache='dual'")
+        if int(refresh_every) != refresh_every or refresh_every < 1:
+            raise UserError(f"refresh_every must be a positive integer (steps between refreshes), got {refresh_every}")
+    if stop_at_eos:
+        if config.eos_token_id is None:
+            raise UserError("stop_at_eos needs an EOS token, but the config has eos_token_id None")
+        if forbid_eos:
+            raise UserError("stop_at_eos waits for an EOS that forbid_eos never proposes; drop one of them")
+        if strategy.remask:
+            raise UserError("stop_at_eos cannot be used with random_remask, which re-predicts decoded "
+                            "tokens until its block ends")
 
 
 def step_tables(plan: Plan, prompt_masks: np.ndarray, schedule: str) -> StepTables:
@@ -193,7 +243,7 @@ def step_tables(plan: Plan, prompt_masks: np.ndarray, schedule: str) -> StepTabl
     starts, ends, counts, transfer, masks_left = [], [], [], [], []
     t = np.linspace(1.0, ORIGIN_EPS, steps_per_block + 1)
     for b in range(plan.num_blocks):
-        start = 0 if b == 0 else plan.prompt_length + b * plan.block_length
+        start = 0 if b == 0 and plan.infill else plan.prompt_length + b * plan.block_length
         end = plan.prompt_length + (b + 1) * plan.block_length
         n = plan.block_length + (prompt_masks if b == 0 else 0 * prompt_masks)
         per_row = np.stack([commit_counts(int(k), steps_per_block, schedule) for k in n], axis=1)

@@ -62,6 +62,13 @@ def above_threshold(eligible, score, rank, uniform, x, knobs):
     return eligible & ((score >= knobs.threshold) | (rank == 0))
 
 
+def within_factor(eligible, score, rank, uniform, x, knobs):
+    """Fast-dLLM's factor rule: the n most confident while (n + 1) (1 - c_n) < factor, at least
+    one. With c sorted descending, (n + 1) (1 - c_n) only grows with n, so the "while" is a test
+    of each position's own rank (n = rank + 1)."""
+    return eligible & (((rank + 2).astype(jnp.float32) * (1.0 - score) < knobs.factor) | (rank == 0))
+
+
 @dataclasses.dataclass(frozen=True)
 class Strategy:
     """One row of the table; a static part of the compiled program."""
@@ -88,8 +95,14 @@ STRATEGY_TABLE = {
         Strategy("entropy", neg_entropy, top_count, counted=True, bounded_loop=False),  # Dream
         Strategy("origin", None, each_with_probability, counted=False, bounded_loop=False),  # Dream
         Strategy("threshold", probability, above_threshold, counted=False, bounded_loop=True),  # RoBERTa-diffusion
+        Strategy("factor", probability, within_factor, counted=False, bounded_loop=True),  # Fast-dLLM
         # RoBERTa-diffusion v1: `count` is the block's cumulative total (step_tables).
         Strategy("random_remask", None, top_count, counted=False, bounded_loop=False, remask=True),
     )
 }
-STRATEGIES = tuple(STRATEGY_TABLE)
+ALIASES = {"maskgit_plus": "low_confidence"}  # Dream's name for the same rule
+STRATEGIES = tuple(STRATEGY_TABLE) + tuple(ALIASES)  # every name `remasking` accepts
+
+
+def strategy_named(name: str) -> Strategy:
+    return STRATEGY_TABLE[ALIASES.get(name, name)]
