@@ -447,12 +447,13 @@ def hf_config_from_ours(config: EncoderConfig) -> dict:
 
 def export_hf(directory, config: EncoderConfig, params: dict, tokenizer=None) -> None:
     """Write a HF MLM checkpoint directory (config.json, model.safetensors, tokenizer files)."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     directory = Path(directory)
     tensors = hf_tensors_from_params(params, config)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    # write_bytes creates the file with the user's umask (safetensors' save_file makes it 0600)
+    (directory / "model.safetensors").write_bytes(save(tensors, metadata={"format": "pt"}))
     (directory / "config.json").write_text(json.dumps(hf_config_from_ours(config), indent=2) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(str(directory))

@@ -23,7 +23,6 @@ from dlm_jax.data import (
     prepare_dataset,
     sources,
     tfds_source,
-    tokenizer_for_run,
     train_tokenizer,
 )
 from dlm_jax.errors import UserError
@@ -317,7 +316,6 @@ def test_binary_corpus_is_refused_before_anything_is_trained_or_written(tmp_path
         for build, out in (
             (prepare_dataset, {"tokenizer": roberta, "seq_len": 64, "cache_dir": tmp_path / "c"}),
             (train_tokenizer, {"out_dir": tmp_path / "tok", "vocab_size": 400}),
-            (tokenizer_for_run, {"model_dir": tmp_path / "workdir" / "model", "vocab_size": 400}),
         ):
             with pytest.raises(UserError, match=message) as err:
                 build(path, **out)
@@ -333,7 +331,7 @@ def test_tokenizer_output_that_is_a_file(tmp_path, shakespeare, capsys):
     with pytest.raises(UserError, match=rf"^{afile} is a file, not a directory; give the tok"):
         train_tokenizer(corpus, afile, vocab_size=400)
     with pytest.raises(UserError, match=rf"^{afile} is a file, not a directory \(in {afile}/model\)"):
-        tokenizer_for_run(corpus, afile / "model", vocab_size=400)  # a workdir that is a file
+        train_tokenizer(corpus, afile / "model", vocab_size=400)  # a workdir that is a file
     assert cli_main(["tokenizer", "train", "--data", str(corpus), "--out", str(afile)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].endswith(f"{afile} is a file, not a directory; "
@@ -498,17 +496,7 @@ def test_train_tokenizer_round_trip(tmp_path, shared_data, shakespeare):
     ids = loaded(unseen)["input_ids"]
     assert ids[0] == 0 and ids[-1] == 2 and loaded.decode(ids[1:-1]) == unseen
     assert len(ids) < len(unseen.encode()) / 2  # merges were learned
-    # `train` keeps one tokenizer in the workdir: trained once, then reused.
-    model_dir = tmp_path / "workdir" / "model"
-    first = tokenizer_for_run(corpus, model_dir, vocab_size=600)
-    stamp = (model_dir / "tokenizer.json").stat().st_mtime_ns
-    again = tokenizer_for_run(corpus, model_dir, vocab_size=600)
-    assert (model_dir / "tokenizer.json").stat().st_mtime_ns == stamp and len(again) == len(
-        first
-    ) == 600
-    assert sorted(p.name for p in model_dir.parent.iterdir()) == [
-        "model"
-    ]  # no staging left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["play.txt", "tok"]  # no staging left behind
 
 
 def test_tokenizer_cli(tmp_path, shakespeare, capsys):

@@ -14,7 +14,7 @@ The path of a corpus through this package:
 """
 
 from dlm_jax.data.batches import BatchIterator, batches_in_order
-from dlm_jax.data.bpe import SPECIAL_TOKENS, tokenizer_for_run, train_tokenizer
+from dlm_jax.data.bpe import SPECIAL_TOKENS, train_tokenizer
 from dlm_jax.data.sources import (
     WIKITEXT_SPLITS,
     cache_home,
@@ -43,6 +43,5 @@ __all__ = [
     "default_corpus",
     "held_out_split",
     "prepare_dataset",
-    "tokenizer_for_run",
     "train_tokenizer",
 ]

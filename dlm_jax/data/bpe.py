@@ -88,14 +88,6 @@ def train_tokenizer(source, out_dir, vocab_size: int = 8192):
     return load_tokenizer(out_dir)
 
 
-def tokenizer_for_run(spec, model_dir, vocab_size: int = 8192):
-    """The tokenizer kept in a run's model dir; trained on the run's corpus the first time."""
-    model_dir = Path(model_dir)
-    if (model_dir / "tokenizer.json").exists():
-        return load_tokenizer(model_dir)
-    return train_tokenizer(spec, model_dir, vocab_size)
-
-
 def _training_texts(spec):
     """The texts of a spec's train split (at most _TOKENIZER_TRAIN_CHARS characters); the
     corpus is opened and checked here, before any training."""
