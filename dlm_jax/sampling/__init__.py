@@ -5,8 +5,10 @@ the canvas, proposes a token for every position that may be committed (greedy, o
 a temperature, after top-k / top-p filtering and classifier-free guidance), scores those
 positions with a remasking strategy, and commits the best ones. The host computes how many
 tokens each step commits (a schedule, per row and block) once; the device runs all steps in one
-`jax.lax.scan` (a bounded `jax.lax.while_loop` when the strategy decides its own counts), so one
-call is one compiled program and no data returns to the host before the end.
+`jax.lax.scan` (a bounded `jax.lax.while_loop` when the strategy decides its own counts, rows
+stop at EOS, or a key/value cache lets the steps between refreshes run the encoder over each
+row's active block only), so one call is one compiled program and no data returns to the host
+before the end.
 
 Randomness: step s uses `fold_in(key(seed), s)`, split by `fold_in` into the Gumbel noise of the
 proposal (float32: JAX runs without x64 by default; LLaDA's reference uses float64) and the
@@ -18,8 +20,9 @@ knows per step; `lax.switch` picks one of a few static sizes), and greedy decodi
 materialises the logits (`ops.greedy_head`).
 
 Semantics follow LLaDA's `generate` (blocks, even split, low_confidence/random, CFG), Dream's
-`diffusion_generate` (origin, topk_margin, entropy, top-p/top-k) and RoBERTa-diffusion
-(threshold decoding; random re-masking over 10 linear levels). docs/sampling.md has the details.
+`diffusion_generate` (origin, maskgit_plus, topk_margin, entropy, alg_temp, top-p/top-k),
+RoBERTa-diffusion (threshold decoding; random re-masking over 10 linear levels) and Fast-dLLM
+(prefix and dual caches, threshold and factor rules). docs/sampling.md has the details.
 
 Modules, in reading order: `strategies` (the table of remasking strategies), `plan` (host side:
 schedules, the static plan, checks, step tables), `step` (one step on the device), `generate`
