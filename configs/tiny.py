@@ -1,12 +1,13 @@
-"""tiny: seconds on a laptop CPU; the preset for tests, CI and the quickstart."""
+"""tiny: seconds on a laptop CPU; the preset for tests and CI. A 2-layer, 64-wide ModernBERT
+(its first layer global, the second attending within 16 tokens) on 64-token sequences."""
 
 from dlm_jax.models.config import EncoderConfig
 from dlm_jax.train.config import TrainConfig
 
 CONFIG = TrainConfig(
-    model=EncoderConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=256, max_position_embeddings=66,
-                        initializer_range=0.125),  # about 1/sqrt(hidden_size)
+    model=EncoderConfig(model_type="modernbert", hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=256, max_position_embeddings=64, local_attention=16,
+                        initializer_range=0.02),
     tokenizer_vocab_size=2048,
     seq_len=64,
     batch_size=16,

@@ -110,10 +110,15 @@ def test_parallel_modes_and_accumulation_agree(tmp_path, corpus, tokenizer_dir):
 
 
 
-def test_loss_falls_and_metrics_written(tmp_path, corpus, tokenizer_dir):
+# The presets train ModernBERT; the post-LN family trains through the same step.
+ROBERTA = ("model.model_type=roberta", "model.layer_types=none", "model.max_position_embeddings=66")
+
+
+@pytest.mark.parametrize("family", ["modernbert", "roberta"])
+def test_loss_falls_and_metrics_written(tmp_path, corpus, tokenizer_dir, family):
     with stderr_on_a_terminal() as terminal:
         record, _ = run(tmp_path / "w", corpus, tokenizer_dir, "steps=60", "log_every=10",
-                        "objective.name=elbo", "lr=3e-3")
+                        "objective.name=elbo", "lr=3e-3", *(ROBERTA if family == "roberta" else ()))
     # on a terminal, tqdm's bar (steps done of all, elapsed < left) below the logged lines
     assert re.search(r"\| 60/60 \[\d\d:\d\d<\d\d:\d\d", terminal.text) and "step 60/60 | loss" in terminal.text
     lines = [json.loads(l) for l in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
@@ -127,6 +132,7 @@ def test_loss_falls_and_metrics_written(tmp_path, corpus, tokenizer_dir):
 
     model = dlm_jax.load(tmp_path / "w")
     assert model.tokenizer is not None and model.config.vocab_size == len(model.tokenizer)
+    assert model.config.model_type == family
 
 
 def _cli(workdir, corpus, tokenizer_dir, *extra):
