@@ -435,6 +435,7 @@ def hf_config_from_ours(config: EncoderConfig) -> dict:
     hf.update(pad_token_id=config.pad_token_id, bos_token_id=config.bos_token_id,
               eos_token_id=config.eos_token_id, torch_dtype="float32")
     if config.model_type == "modernbert":
+        hf["layer_types"] = list(config.attention_layer_types)
         hf["rope_parameters"] = {layer_type: {"rope_type": "default", "rope_theta": getattr(config, field)}
                                  for field, layer_type, _ in ROPE_FIELDS}
         hf.update(cls_token_id=config.bos_token_id, sep_token_id=config.eos_token_id,

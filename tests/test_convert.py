@@ -87,7 +87,7 @@ def test_config_and_tokenizer_carried_over(converted):
     assert config.pad_token_id == tokenizer.pad_token_id
     assert sorted(params["layers"]) == list(range(hf_config["num_hidden_layers"]))
     if config.model_type == "modernbert":
-        assert list(config.layer_types) == hf_config["layer_types"]
+        assert list(config.attention_layer_types) == hf_config["layer_types"]
         assert config.local_attention == hf_config["local_attention"]
         rope = hf_config["rope_parameters"]
         assert (config.global_rope_theta, config.local_rope_theta) == (

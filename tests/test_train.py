@@ -111,7 +111,7 @@ def test_parallel_modes_and_accumulation_agree(tmp_path, corpus, tokenizer_dir):
 
 
 # The presets train ModernBERT; the post-LN family trains through the same step.
-ROBERTA = ("model.model_type=roberta", "model.layer_types=none", "model.max_position_embeddings=66")
+ROBERTA = ("model.model_type=roberta", "model.max_position_embeddings=66")
 
 
 @pytest.mark.parametrize("family", ["modernbert", "roberta"])

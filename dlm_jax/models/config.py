@@ -45,7 +45,9 @@ class EncoderConfig:
     eos_token_id: int | None = 2  # </s> / [SEP]
     # ModernBERT only (HF ModernBertConfig's names). BERT and RoBERTa always have biases,
     # learned absolute positions and a tied decoder, so these fields do not apply to them.
-    layer_types: tuple[str, ...] | None = None  # per layer: full_attention | sliding_attention
+    # Per layer: full_attention | sliding_attention; None: HF's pattern (every third layer global,
+    # starting with the first), which follows num_hidden_layers when that is changed.
+    layer_types: tuple[str, ...] | None = None
     local_attention: int = 128  # sliding layers: a query sees keys within local_attention // 2
     global_rope_theta: float = 160000.0  # rotary base of full_attention layers
     local_rope_theta: float = 10000.0  # rotary base of sliding_attention layers
@@ -77,27 +79,22 @@ class EncoderConfig:
             raise UserError(f"layer_types is a ModernBERT setting; a {self.model_type} config must not set it")
 
     def _check_modernbert(self):
-        layers = self.layer_types
-        if layers is None:  # HF's default pattern, written out so every run's config is explicit
-            layers = tuple(
-                "full_attention" if i % GLOBAL_ATTENTION_EVERY == 0 else "sliding_attention"
-                for i in range(self.num_hidden_layers)
-            )
-        object.__setattr__(self, "layer_types", tuple(layers))  # a JSON list becomes a tuple
-        unknown = sorted(set(self.layer_types) - set(LAYER_TYPES))
-        if unknown:
-            raise UserError(
-                f"ModernBERT layer_types {unknown} cannot be honoured; each layer must be one of "
-                f"{', '.join(LAYER_TYPES)}"
-            )
-        if len(self.layer_types) != self.num_hidden_layers:
-            raise UserError(
-                f"ModernBERT layer_types names {len(self.layer_types)} layers but num_hidden_layers is "
-                f"{self.num_hidden_layers}; give one type per layer"
-            )
+        if self.layer_types is not None:
+            object.__setattr__(self, "layer_types", tuple(self.layer_types))  # a JSON list becomes a tuple
+            unknown = sorted(set(self.layer_types) - set(LAYER_TYPES))
+            if unknown:
+                raise UserError(
+                    f"ModernBERT layer_types {unknown} cannot be honoured; each layer must be one of "
+                    f"{', '.join(LAYER_TYPES)}"
+                )
+            if len(self.layer_types) != self.num_hidden_layers:
+                raise UserError(
+                    f"ModernBERT layer_types names {len(self.layer_types)} layers but num_hidden_layers is "
+                    f"{self.num_hidden_layers}; give one type per layer (or none for HF's pattern)"
+                )
         if self.head_dim % 2:
             raise UserError(f"rotary positions need an even head dimension; hidden_size / heads is {self.head_dim}")
-        if "sliding_attention" in self.layer_types and (
+        if "sliding_attention" in self.attention_layer_types and (
             self.local_attention < 2 or self.local_attention % 2 or self.local_attention > self.max_position_embeddings
         ):
             raise UserError(
@@ -105,6 +102,14 @@ class EncoderConfig:
                 f"max_position_embeddings {self.max_position_embeddings} (a query sees local_attention / 2 "
                 "keys on each side); fix the config"
             )
+
+    @property
+    def attention_layer_types(self) -> tuple[str, ...]:
+        """ModernBERT's attention per layer: layer_types, or HF's pattern when it is None."""
+        if self.layer_types is not None:
+            return self.layer_types
+        return tuple("full_attention" if i % GLOBAL_ATTENTION_EVERY == 0 else "sliding_attention"
+                     for i in range(self.num_hidden_layers))
 
     @property
     def head_dim(self) -> int:

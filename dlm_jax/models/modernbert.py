@@ -87,7 +87,7 @@ class Layer(nnx.Module):
 
     def __init__(self, config: EncoderConfig, index: int, *, rngs: nnx.Rngs):
         norm = lambda: LayerNorm(config.hidden_size, config.layer_norm_eps, bias=config.norm_bias)
-        self.sliding = config.layer_types[index] == "sliding_attention"
+        self.sliding = config.attention_layer_types[index] == "sliding_attention"
         self.attn_norm = None if index == 0 else norm()
         self.attn = Attention(config, rngs=rngs)
         self.mlp_norm = norm()
