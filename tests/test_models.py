@@ -201,3 +201,21 @@ def test_training_follows_pytorch_step_for_step(name):
         torch_loss.backward()
         torch_optimizer.step()
         assert abs(float(loss) - torch_loss.item()) <= 1e-4 * max(1.0, abs(torch_loss.item()))
+
+
+def test_two_loads_of_a_model_share_one_compiled_program():
+    """The encoder's graphdef is a static jit argument: equal configs must give equal graphdefs,
+    or every dlm_jax.load / generate / evaluate call compiles again."""
+    from flax import nnx
+
+    from dlm_jax.models import EncoderConfig
+    from dlm_jax.models.params import init_params
+
+    for config in (EncoderConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                 vocab_size=100, max_position_embeddings=34),
+                   EncoderConfig(model_type="modernbert", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=64, vocab_size=100, max_position_embeddings=32,
+                                 local_attention=8)):
+        params = init_params(config)
+        first, second = (nnx.graphdef(encoder_with_params(config, params)) for _ in range(2))
+        assert first == second and hash(first) == hash(second)

@@ -23,14 +23,22 @@ def normal(rngs: nnx.Rngs, shape, std: float, *, truncated: bool = False) -> nnx
     return nnx.Param(std * jax.random.normal(key, shape, jnp.float32))
 
 
+def exact_gelu(x):
+    return jax.nn.gelu(x, approximate=False)
+
+
+def tanh_gelu(x):
+    return jax.nn.gelu(x, approximate=True)
+
+
+# Module-level functions, not lambdas: an activation is part of the encoder's graphdef (a static
+# jit argument), so a fresh lambda per model would make every loaded copy of a model compile anew.
+ACTIVATION_FUNCTIONS = {"gelu": exact_gelu, "gelu_new": tanh_gelu, "gelu_pytorch_tanh": tanh_gelu,
+                        "silu": jax.nn.silu, "relu": jax.nn.relu}
+
+
 def activation(name: str):
-    if name == "gelu":
-        return lambda x: jax.nn.gelu(x, approximate=False)
-    if name in ("gelu_new", "gelu_pytorch_tanh"):
-        return lambda x: jax.nn.gelu(x, approximate=True)
-    if name == "silu":
-        return jax.nn.silu
-    return jax.nn.relu
+    return ACTIVATION_FUNCTIONS[name]
 
 
 class Dense(nnx.Module):
