@@ -102,6 +102,7 @@ BAD_BY_TYPE = {
     options.seed: ("-1", str(2**32), "x"),
     options.non_negative_float: ("-1", "nan", "inf", "x"),
     options.probability: ("0", "1.5", "nan", "x"),
+    options.positive_float: ("0", "-1", "inf", "x"),
 }
 
 
@@ -145,6 +146,10 @@ MISUSE = {
     ("generate", "--top-k"): [row({"--top-k": "5"}), row({"--top-k": "60000", "--temperature": "1"}, model=True)],
     ("generate", "--confidence-threshold"): [row({"--confidence-threshold": "0.5"}, model=True)],
     ("generate", "--forbid-eos"): [],
+    ("generate", "--factor"): [row({"--factor": "2"}, model=True)],  # without --remasking factor
+    ("generate", "--alg-temp"): [row({"--alg-temp": "0.5", "--remasking": "random"}, model=True)],
+    ("generate", "--stop-at-eos"): [row({"--stop-at-eos": True, "--forbid-eos": True}, model=True)],
+    ("generate", "--refresh-every"): [row({"--refresh-every": "2"}, model=True)],  # without --cache
     ("generate", "--json"): [],
     ("generate", "--show"): [row({"--show": True})],  # the output is not a terminal
     ("generate", "--trajectory"): [row({"--trajectory": v}) for v in ("{root}/x.png", "{empty_dir}",
@@ -408,3 +413,14 @@ def test_outputs_follow_the_umask(paths, tmp_path, capsys):
         for path in [out, *out.rglob("*")]:
             mode = stat.S_IMODE(path.stat().st_mode)
             assert mode == (0o775 if path.is_dir() else 0o664), (path, oct(mode))
+
+
+def test_generate_cache_flags_reach_the_sampler(paths, capsys):
+    """--cache dual with --refresh-every 1 recomputes every step: the uncached tokens; the
+    default refresh (block starts only) is what the library gives for the same keywords."""
+    argv = ["generate", "--checkpoint", paths["hf"], "--prompt", "Call me", "--gen-length", 8, "--steps", 8,
+            "--block-length", 4, "--json"]
+    ids = lambda *extra: json.loads(cli(capsys, *argv, *extra)[1])["ids"]
+    _, row, width = _library_text(paths, "Call me", 8, 8, block_length=4, cache="dual")
+    assert ids("--cache", "dual", "--refresh-every", 1) == ids()
+    assert ids("--cache", "dual") == row[width:].tolist()

@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from dlm_jax.cli.options import non_negative_float, non_negative_int, positive_int, probability, seed
+from dlm_jax.cli.options import non_negative_float, non_negative_int, positive_float, positive_int, probability, seed
 from dlm_jax.errors import UserError
 
 HELP = {"generate": "generate text by unmasking (diffusion sampling)"}
@@ -14,6 +14,7 @@ GEN_LENGTH_CAP = 128  # the default --gen-length: what fits after the longest pr
 
 def add_parser(subparsers, name):
     from dlm_jax.models import COMPUTE_DTYPES
+    from dlm_jax.sampling import CACHES, STRATEGIES
 
     p = subparsers.add_parser(
         name,
@@ -33,15 +34,25 @@ def add_parser(subparsers, name):
                    f"training length or the model's positions, at most {GEN_LENGTH_CAP})")
     p.add_argument("--steps", type=positive_int, help="unmasking steps (default: --gen-length; the bound for threshold)")
     p.add_argument("--block-length", type=positive_int, help="semi-autoregressive block length (default: one block)")
-    p.add_argument("--remasking", default="low_confidence", help="low_confidence (default), random, topk_margin, "
-                   "entropy, origin, threshold, random_remask; see docs/sampling.md")
+    p.add_argument("--remasking", default="low_confidence",
+                   help=f"{', '.join(STRATEGIES)} (default low_confidence); see docs/sampling.md")
     p.add_argument("--schedule", default="even", help="tokens committed per step: even (default), cosine, linear")
     p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=probability, help="nucleus sampling mass in (0, 1]; needs --temperature > 0")
     p.add_argument("--top-k", type=positive_int, help="sample among the k most likely tokens; needs --temperature > 0")
     p.add_argument("--cfg-scale", type=non_negative_float, default=0.0, help="classifier-free guidance weight")
     p.add_argument("--confidence-threshold", type=probability, help="for --remasking threshold (default 0.9)")
+    p.add_argument("--factor", type=positive_float, help="for --remasking factor: Fast-dLLM's rule (default 1.0)")
+    p.add_argument("--alg-temp", type=non_negative_float,
+                   help="Dream's alg_temp: draw the positions to commit by softmax(score / T) instead of the best")
     p.add_argument("--forbid-eos", action="store_true", help="never generate the EOS token")
+    p.add_argument("--stop-at-eos", action="store_true",
+                   help="a row that has generated EOS is done: its remaining masks become EOS, its steps are skipped")
+    p.add_argument("--cache", choices=CACHES, help="reuse keys/values outside the active block between refreshes "
+                   "(prefix: before it; dual: also after it); approximate, faster")
+    p.add_argument("--refresh-every", type=positive_int,
+                   help="with --cache: recompute the whole canvas every K steps too (default: at block starts only; "
+                   "1 gives exactly the uncached tokens)")
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--dtype", default="float32", choices=tuple(COMPUTE_DTYPES), help="compute dtype")
     p.add_argument("--json", action="store_true", help="print one JSON line per prompt")
@@ -142,7 +153,8 @@ def run(args):
         model, prompts, gen_length=gen_length, steps=args.steps or gen_length, block_length=args.block_length,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, remasking=args.remasking,
         schedule=args.schedule, cfg_scale=args.cfg_scale, confidence_threshold=args.confidence_threshold,
-        forbid_eos=args.forbid_eos, seed=args.seed, return_history=want_history,
+        forbid_eos=args.forbid_eos, factor=args.factor, alg_temp=args.alg_temp, stop_at_eos=args.stop_at_eos,
+        cache=args.cache, refresh_every=args.refresh_every, seed=args.seed, return_history=want_history,
     )
     ids, history = result if want_history else (result, None)
     width = ids.shape[1] - gen_length  # prompts are left-padded to the longest
