@@ -331,12 +331,8 @@ def accuracy_by_ratio(model, dataset, ratios=diffusion.DEFAULT_RATIOS, *, batch_
 def generated_tokens(ids, prompt_len, config) -> list:
     """The generated part of each row as a token list: cut at the first EOS, specials dropped."""
     specials = set(config.special_token_ids)
-    rows = []
-    for row in np.asarray(ids)[:, prompt_len:].tolist():
-        if config.eos_token_id in row:
-            row = row[: row.index(config.eos_token_id)]
-        rows.append([t for t in row if t not in specials])
-    return rows
+    return [[t for t in sampling.cut_at_eos(row, config.eos_token_id) if t not in specials]
+            for row in np.asarray(ids)[:, prompt_len:]]
 
 
 _FLAGS = {"data_spec": "--data", "num_samples": "--samples"}  # else --name-with-dashes
@@ -364,7 +360,7 @@ def _check_arguments(batch_size, max_sequences, nelbo_samples, num_samples, prom
     _check_integers(0, num_samples=num_samples, step=step, seed=seed)
     if seed >= 2**32:  # the sampler's key is a uint32
         raise UserError(f"--seed must be below 2**32, got {seed}")
-    if not isinstance(temperature, numbers.Real) or not 0 <= temperature < math.inf:
+    if not isinstance(temperature, numbers.Real):
         raise UserError(f"--temperature must be a number >= 0 (0 is greedy), got {temperature!r}")
 
 
@@ -401,12 +397,10 @@ def evaluate(checkpoint, data_spec, *, seq_len=None, batch_size=8, max_sequences
             raise UserError(f"--prompt-len {prompt_len} must be shorter than --seq-len {seq_len}")
         if gen_length is None:
             gen_length = min(64, config.max_length - prompt_len)
-        if prompt_len + gen_length > config.max_length:
-            raise UserError(f"--prompt-len {prompt_len} + --gen-length {gen_length} exceeds the model's "
-                            f"{config.max_length} positions; shorten one of them")
         steps = gen_length if steps is None else steps
-        if steps > gen_length:
-            raise UserError(f"--steps {steps} exceeds --gen-length {gen_length}; each step commits a token")
+        # The sampler's own checks, on prompts of the length the samples will have.
+        sampling.check(config, model.tokenizer, np.full((1, prompt_len), config.pad_token_id), gen_length=gen_length,
+                       steps=steps, temperature=temperature)
     split = split or data.held_out_split(data_spec)
     dataset = data.prepare_dataset(data_spec, model.tokenizer, seq_len,
                                    cache_dir=cache_dir or data.cache_home(), split=split)

@@ -32,9 +32,9 @@ schedules, the static plan, checks, step tables), `step` (one step on the device
 # _program: the jitted program (tests count its compilations)
 from dlm_jax.sampling.generate import _program as _program
 from dlm_jax.sampling.generate import cut_at_eos, encode_prompt, generate, generated_text
-from dlm_jax.sampling.plan import CACHES, ORIGIN_EPS, SCHEDULES, commit_counts
+from dlm_jax.sampling.plan import CACHES, ORIGIN_EPS, SCHEDULES, check, commit_counts
 from dlm_jax.sampling.step import gumbel_noise, noise_keys
 from dlm_jax.sampling.strategies import STRATEGIES
 
-__all__ = ["CACHES", "ORIGIN_EPS", "SCHEDULES", "STRATEGIES", "commit_counts", "cut_at_eos", "encode_prompt", "generate",
+__all__ = ["CACHES", "ORIGIN_EPS", "SCHEDULES", "STRATEGIES", "check", "commit_counts", "cut_at_eos", "encode_prompt", "generate",
            "generated_text", "gumbel_noise", "noise_keys"]

@@ -162,10 +162,12 @@ def as_batch(prompt_ids, attention_mask, pad_id):
     return ids.astype(np.int64), (mask != 0).astype(np.int32)
 
 
-def check(config, tokenizer, ids, *, gen_length, steps, block_length, temperature, top_k, top_p,
-          remasking, schedule, cfg_scale, confidence_threshold, forbid_eos, factor=None, alg_temp=None,
-          cache=None, refresh_every=None, stop_at_eos=False):
-    """Raise UserError for every mistake a user can make, before anything is compiled."""
+def check(config, tokenizer, ids, *, gen_length, steps, block_length=None, temperature=0.0, top_k=None, top_p=None,
+          remasking="low_confidence", schedule="even", cfg_scale=0.0, confidence_threshold=None, forbid_eos=False,
+          factor=None, alg_temp=None, cache=None, refresh_every=None, stop_at_eos=False):
+    """Raise UserError for every mistake a user can make, before anything is compiled. ids: the
+    prompts as a [B, P] array; the keywords and their defaults are generate()'s."""
+    block_length = gen_length if block_length is None else block_length
     if remasking not in STRATEGIES:
         raise UserError(f"unknown remasking strategy {remasking!r}; choose one of {', '.join(STRATEGIES)}")
     strategy = strategy_named(remasking)
