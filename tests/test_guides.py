@@ -18,12 +18,13 @@ from dlm_jax.cli import main
 GUIDES = Path(__file__).resolve().parents[1] / "docs" / "guides"
 
 
-def dlm_jax(*argv, capsys=None) -> str:
-    """Run `dlm-jax ARGV...`; fail with its stderr unless it exits 0; return its stdout."""
+def dlm_jax(*argv, capsys=None, stream="stdout") -> str:
+    """Run `dlm-jax ARGV...`; fail with its stderr unless it exits 0; return its stdout (results)
+    or, with stream="stderr", its log lines."""
     rc = main([str(a) for a in argv])
     out, err = capsys.readouterr() if capsys else ("", "")
     assert rc == 0, f"dlm-jax {' '.join(map(str, argv))} exited {rc}: {err[-2000:]}"
-    return out
+    return err if stream == "stderr" else out
 
 
 def code_blocks(guide: str, language: str) -> list[str]:
@@ -175,7 +176,7 @@ def test_fsdp_mesh_trains_like_one_device(tmp_path, text_slice, capsys):
             shrink += ["--set", f"tokenizer={tmp_path / 'mesh2x4' / 'model'}"]
         out = dlm_jax("train", "--config", "bert_base", "--workdir", workdir, "--data", text_slice,
                       "--steps", 2, "--set", f"mesh.data={data}", "--set", f"mesh.fsdp={fsdp}", *shrink,
-                      capsys=capsys)
+                      capsys=capsys, stream="stderr")
         assert f"{{'data': {data}, 'fsdp': {fsdp}}}" in out
         losses[mesh] = [m["loss"] for m in metrics(workdir)]
         assert (workdir / "checkpoints" / "2").is_dir()
@@ -210,7 +211,7 @@ def test_export_and_pytorch_unmasking(tmp_path, text_slice, capsys, monkeypatch)
                 capsys=capsys)
     hf_dir = Path("hf/tiny-diffusion")
     assert (hf_dir / "model.safetensors").is_file() and (Path("hf/tiny-diffusion-100") / "config.json").is_file()
-    assert not np.array_equal(*(AutoModelForMaskedLM.from_pretrained(d).roberta.embeddings.word_embeddings
+    assert not np.array_equal(*(AutoModelForMaskedLM.from_pretrained(d).get_input_embeddings()
                                 .weight.detach().numpy() for d in (hf_dir, "hf/tiny-diffusion-100")))
 
     # The logits of the guide's PyTorch lines equal ours.
