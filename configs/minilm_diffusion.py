@@ -44,11 +44,11 @@ CONFIG = TrainConfig(
     objective=ObjectiveConfig(name="ratio_set", prefix_len=4),
     seq_len=64,
     batch_size=32,
-    steps=600,
+    steps=500,
     lr=5e-4,
     warmup_steps=50,
     dtype="bfloat16",
-    checkpoint_every=150,
+    checkpoint_every=125,
     keep_checkpoints=2,
     log_every=10,
 )

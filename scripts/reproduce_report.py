@@ -1,8 +1,10 @@
 """Plots and tables for scripts/reproduce_cpu.sh and scripts/reproduce_pretrained.sh: reads each
-run folder (metrics.jsonl, eval.json, samples.jsonl) and the stage timings; writes
-PREFIXloss_curves.png and PREFIXaccuracy_by_ratio.png to --figures and prints the Markdown tables;
-with --doc, also puts them into that page between the lines `<!-- SECTION:start -->` and
-`<!-- SECTION:end -->`. With --sweep, prints one table comparing training variants instead.
+run folder (config.json, metrics.jsonl, eval.json, samples.jsonl; other NAME.jsonl sample files
+with their NAME.flags; progress/STEP.json evaluations of earlier checkpoints) and the stage
+timings; writes PREFIXloss_curves.png, PREFIXaccuracy_by_ratio.png and
+PREFIXlearning_per_minute.png to --figures and prints the Markdown tables; with --doc, also puts
+them into that page between the lines `<!-- SECTION:start -->` and `<!-- SECTION:end -->`. With
+--sweep, the tables compare training variants instead.
 
     python scripts/reproduce_report.py runs/reproduce --figures docs/reproduction --doc docs/reproduction.md
 """
@@ -25,6 +27,12 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def read_flags(samples: Path) -> str:
+    """The generate flags written beside a sample file (empty when there are none)."""
+    flags = samples.with_suffix(".flags")
+    return flags.read_text().strip() if flags.is_file() else ""
+
+
 def load_runs(out: Path, names) -> dict:
     runs = {}
     for name in names:
@@ -34,10 +42,11 @@ def load_runs(out: Path, names) -> dict:
             "config": json.loads((folder / "config.json").read_text()),
             "eval": json.loads((folder / "eval.json").read_text()),
             "samples": read_jsonl(folder / "samples.jsonl"),
+            "samples_flags": read_flags(folder / "samples.jsonl"),
         }
-        # Further sample files (other sampler settings) by name, with the flags that made them.
+        # Further sample files (other sampler settings) by name, in the order they were made.
         runs[name]["other_samples"] = {
-            p.stem: {"rows": read_jsonl(p), "flags": flags.read_text().strip() if (flags := p.with_suffix(".flags")).is_file() else ""}
+            p.stem: {"rows": read_jsonl(p), "flags": read_flags(p)}
             for p in sorted(folder.glob("*.jsonl"), key=lambda p: p.stat().st_mtime)
             if p.stem not in ("metrics", "samples")
         }
@@ -75,10 +84,14 @@ def plot_losses(runs: dict, path: Path) -> None:
         steps = [m["step"] for m in run["metrics"]]
         left.plot(steps, [m["loss"] for m in run["metrics"]], label=LABELS.get(name, name))
         right.plot(steps, [m["accuracy"] for m in run["metrics"]], label=LABELS.get(name, name))
-    left.set(xlabel="step", ylabel="training loss (nats, each objective's own)",
-             title="Training loss (not comparable across objectives)")
-    right.set(xlabel="step", ylabel="accuracy on the masked tokens of the batch",
-              title="Training masked-token accuracy")
+    left.set(
+        xlabel="step",
+        ylabel="training loss (nats, each objective's own)",
+        title="Training loss (not comparable across objectives)",
+    )
+    right.set(
+        xlabel="step", ylabel="accuracy on the masked tokens of the batch", title="Training masked-token accuracy"
+    )
     _save(fig, (left, right), path)
 
 
@@ -89,8 +102,11 @@ def plot_accuracy_by_ratio(runs: dict, path: Path) -> None:
         ratios = [r["ratio"] for r in rows]
         left.plot(ratios, [r["accuracy"] for r in rows], marker="o", label=LABELS.get(name, name))
         right.plot(ratios, [r["ce"] for r in rows], marker="o", label=LABELS.get(name, name))
-    left.set(xlabel="mask ratio", ylabel="accuracy of the masked tokens",
-             title="Held-out accuracy by mask ratio (WikiText-2 test)")
+    left.set(
+        xlabel="mask ratio",
+        ylabel="accuracy of the masked tokens",
+        title="Held-out accuracy by mask ratio (WikiText-2 test)",
+    )
     right.set(xlabel="mask ratio", ylabel="cross-entropy (nats)", title="Held-out CE by mask ratio")
     _save(fig, (left, right), path)
 
@@ -101,13 +117,18 @@ def plot_learning_per_minute(runs: dict, path: Path, buckets=("r01", "r05", "r10
     fig, axes = plt.subplots(1, len(buckets), figsize=(4.5 * len(buckets), 4), sharey=True)
     for ax, bucket in zip(axes, buckets):
         for name, run in runs.items():
-            points = [(t, m[f"loss_{bucket}"]) for t, m in zip(training_minutes(run["metrics"]), run["metrics"])
-                      if f"loss_{bucket}" in m]
-            means = [statistics.fmean(v for _, v in points[max(0, i - window + 1):i + 1])
-                     for i in range(len(points))]
+            points = [
+                (t, m[f"loss_{bucket}"])
+                for t, m in zip(training_minutes(run["metrics"]), run["metrics"])
+                if f"loss_{bucket}" in m
+            ]
+            means = [statistics.fmean(v for _, v in points[max(0, i - window + 1) : i + 1]) for i in range(len(points))]
             ax.plot([t for t, _ in points], means, label=LABELS.get(name, name))
-        ax.set(xlabel="training minutes (compilation excluded)", ylabel="training CE (nats)",
-               title=f"mask ratio {int(bucket[1:]) / 10:.1f}")
+        ax.set(
+            xlabel="training minutes (compilation excluded)",
+            ylabel="training CE (nats)",
+            title=f"mask ratio {int(bucket[1:]) / 10:.1f}",
+        )
     _save(fig, axes, path)
 
 
@@ -128,7 +149,8 @@ def eval_table(runs: dict, timings: dict) -> str:
         bits = f"{e['nelbo_bits_per_token']:.3f}" + (f" ± {stderr:.3f}" if stderr is not None else "")
         lines.append(
             f"| {name} | {timings.get('train_' + name, '?')} | {run['metrics'][-1]['loss']:.3f} | {bits} "
-            f"| {e['ppl_bound']:.1f} | " + " | ".join(ratio_cells(run, (0.1, 0.5, 1.0), "accuracy"))
+            f"| {e['ppl_bound']:.1f} | "
+            + " | ".join(ratio_cells(run, (0.1, 0.5, 1.0), "accuracy"))
             + f" | {s.get('unigram_entropy_bits', float('nan')):.2f} "
             f"| {s.get('distinct_1', float('nan')):.3f} / {s.get('distinct_2', float('nan')):.3f} "
             f"| {s.get('repetition_rate', float('nan')):.3f} |"
@@ -138,8 +160,7 @@ def eval_table(runs: dict, timings: dict) -> str:
 
 def ratio_table(runs: dict, key: str = "accuracy") -> str:
     ratios = [round(r["ratio"], 1) for r in next(iter(runs.values()))["eval"]["accuracy_by_ratio"]]
-    lines = ["| objective | " + " | ".join(f"{r:.1f}" for r in ratios) + " |",
-             "|---|" + "---|" * len(ratios)]
+    lines = ["| objective | " + " | ".join(f"{r:.1f}" for r in ratios) + " |", "|---|" + "---|" * len(ratios)]
     lines += [f"| {name} | " + " | ".join(ratio_cells(run, ratios, key)) + " |" for name, run in runs.items()]
     return "\n".join(lines)
 
@@ -159,8 +180,7 @@ def samples_table(columns: dict, prompts: list[str], header: str = "prompt") -> 
 
 def sampler_table(settings: dict, prompts: list[str]) -> str:
     """One row per sampler setting (name -> rows and flags), one column per prompt."""
-    lines = ["| setting | " + " | ".join(f"`{cell(p)}`" for p in prompts) + " |",
-             "|---|" + "---|" * len(prompts)]
+    lines = ["| setting | " + " | ".join(f"`{cell(p)}`" for p in prompts) + " |", "|---|" + "---|" * len(prompts)]
     for name, setting in settings.items():
         cells = [cell(row["text"]) for row in setting["rows"]]
         lines.append(f"| {name} (`{setting['flags']}`) | " + " | ".join(cells) + " |")
@@ -195,15 +215,19 @@ def changed_keys(config: dict, base: dict, prefix: str = "") -> list[str]:
 def sweep_table(runs: dict, timings: dict) -> str:
     """One row per training variant: what changed, its cost, and held-out CE at three ratios."""
     base = next(iter(runs.values()))["config"]
-    lines = ["| run | changed | steps x batch x length | train s | s/step (median) | held-out CE r=0.1 | r=0.5 "
-             "| r=1.0 | NELBO bits/token |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | changed | steps x batch x length | train s | s/step (median) | held-out CE r=0.1 | r=0.5 "
+        "| r=1.0 | NELBO bits/token |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, run in runs.items():
         c, e = run["config"], run["eval"]
         s_per_step = statistics.median(m["step_time"] for m in run["metrics"])
         lines.append(
             f"| {name} | {' '.join(changed_keys(c, base)) or '(the first run)'} "
             f"| {c['steps']} x {c['batch_size']} x {c['seq_len']} | {timings.get('train_' + name, '?')} "
-            f"| {s_per_step:.2f} | " + " | ".join(ratio_cells(run, (0.1, 0.5, 1.0), "ce"))
+            f"| {s_per_step:.2f} | "
+            + " | ".join(ratio_cells(run, (0.1, 0.5, 1.0), "ce"))
             + f" | {e['nelbo_bits_per_token']:.3f} |"
         )
     return "\n".join(lines)
@@ -212,12 +236,17 @@ def sweep_table(runs: dict, timings: dict) -> str:
 def progress_table(run: dict, prompt: str) -> str:
     """Held-out CE and the greedy sample of the first prompt at each evaluated checkpoint."""
     minutes = dict(zip((m["step"] for m in run["metrics"]), training_minutes(run["metrics"])))
-    lines = [f"| step | training minutes | held-out CE r=0.1 | r=0.5 | r=1.0 | greedy: `{cell(prompt)}` ... |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"| step | training minutes | held-out CE r=0.1 | r=0.5 | r=1.0 | greedy: `{cell(prompt)}` ... |",
+        "|---|---|---|---|---|---|",
+    ]
     for step, point in run["progress"].items():
         at = minutes.get(step, float("nan"))
-        lines.append(f"| {step} | {at:.1f} | " + " | ".join(ratio_cells(point, (0.1, 0.5, 1.0), "ce"))
-                     + f" | {cell(point['greedy'][0]['text'])} |")
+        lines.append(
+            f"| {step} | {at:.1f} | "
+            + " | ".join(ratio_cells(point, (0.1, 0.5, 1.0), "ce"))
+            + f" | {cell(point['greedy'][0]['text'])} |"
+        )
     return "\n".join(lines)
 
 
@@ -237,27 +266,41 @@ def results_markdown(runs: dict, timings: dict, prompts: list[str], sampler: str
     ]
     for name, run in runs.items():
         if run["progress"]:
-            first = next(iter(run["progress"].values()))["eval"]
-            sections += [f"The {name} run at its earlier checkpoints (held out: the first {first['num_sequences']} "
-                         "sequences; compilation excluded from the minutes):", progress_table(run, prompts[0])]
+            held_out = next(iter(run["progress"].values()))["eval"]["num_sequences"]
+            sections += [
+                f"The {name} run at its checkpoints (held out: the first {held_out} sequences; "
+                "compilation excluded from the minutes):",
+                progress_table(run, prompts[0]),
+            ]
         if run["other_samples"]:
-            sections += [f"The {name} model with other sampler settings (`dlm-jax generate --prompt-file "
-                         "prompts.txt` and the flags given):", sampler_table(run["other_samples"], prompts)]
+            sections += [
+                f"The {name} model with other sampler settings (`dlm-jax generate --prompt-file "
+                "prompts.txt` and the flags given):",
+                sampler_table(run["other_samples"], prompts),
+            ]
     if any(run["eval"].get("samples") for run in runs.values()):
-        sections += ["Samples of `dlm-jax eval` (the first 16 tokens of WikiText-2 test sequences as prompts, "
-                     "temperature 1.0, one token per step):", eval_samples(runs)]
+        sections += [
+            "Samples of `dlm-jax eval` (the first 16 tokens of WikiText-2 test sequences as prompts, "
+            "temperature 1.0, one token per step):",
+            eval_samples(runs),
+        ]
     sections.append("Stage timings (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()))
     return "\n\n".join(sections)
 
 
 def sweep_markdown(runs: dict, timings: dict, prompts: list[str]) -> str:
-    sections = [sweep_table(runs, timings)]
+    sections = [sweep_table(runs, timings), "<details><summary>The samples of every variant</summary>"]
     first = next(iter(runs.values()))
     for kind, setting in first["other_samples"].items():
-        sections += [f"{kind} (`{setting['flags']}`):",
-                     samples_table({name: run["other_samples"][kind]["rows"] for name, run in runs.items()}, prompts)]
-    sections += ["samples (`dlm-jax generate` flags of the script's SAMPLER_FLAGS):",
-                 samples_table({name: run["samples"] for name, run in runs.items()}, prompts)]
+        sections += [
+            f"{kind} (`{setting['flags']}`):",
+            samples_table({name: run["other_samples"][kind]["rows"] for name, run in runs.items()}, prompts),
+        ]
+    sections += [
+        f"samples (`{first['samples_flags']}`):",
+        samples_table({name: run["samples"] for name, run in runs.items()}, prompts),
+        "</details>",
+    ]
     sections.append("Stage timings (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()))
     return "\n\n".join(sections)
 
@@ -268,7 +311,9 @@ def main():
     parser.add_argument("--runs", nargs="+", default=list(OBJECTIVES), help="run folders in OUT, in order")
     parser.add_argument("--figures", type=Path, help="folder for the PNG files")
     parser.add_argument("--figure-prefix", default="", help="start of the PNG file names")
-    parser.add_argument("--prompts", type=Path, help="the prompt file given to dlm-jax generate (default: OUT/prompts.txt)")
+    parser.add_argument(
+        "--prompts", type=Path, help="the prompt file given to dlm-jax generate (default: OUT/prompts.txt)"
+    )
     parser.add_argument("--sampler", default="", help="the sampler flags, for the text")
     parser.add_argument("--script", default="scripts/reproduce_cpu.sh", help="the script that made the runs")
     parser.add_argument("--sweep", action="store_true", help="one table comparing training variants")
