@@ -5,9 +5,16 @@ from dlm_jax.models.config import EncoderConfig
 from dlm_jax.train.config import MeshConfig, TrainConfig
 
 CONFIG = TrainConfig(
-    model=EncoderConfig(model_type="bert", hidden_size=1024, num_hidden_layers=24,
-                        num_attention_heads=16, intermediate_size=4096,
-                        max_position_embeddings=512, type_vocab_size=2, layer_norm_eps=1e-12),
+    model=EncoderConfig(
+        model_type="bert",
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        max_position_embeddings=512,
+        type_vocab_size=2,
+        layer_norm_eps=1e-12,
+    ),
     tokenizer_vocab_size=32768,
     objective=ObjectiveConfig(name="elbo"),
     seq_len=512,

@@ -14,9 +14,17 @@ from dlm_jax.models.config import EncoderConfig
 from dlm_jax.train.config import MeshConfig, TrainConfig
 
 CONFIG = TrainConfig(
-    model=EncoderConfig(model_type="modernbert", hidden_size=768, num_hidden_layers=22, num_attention_heads=12,
-                        intermediate_size=1152, max_position_embeddings=8192, local_attention=128,
-                        layer_norm_eps=1e-5, initializer_range=0.02),
+    model=EncoderConfig(
+        model_type="modernbert",
+        hidden_size=768,
+        num_hidden_layers=22,
+        num_attention_heads=12,
+        intermediate_size=1152,
+        max_position_embeddings=8192,
+        local_attention=128,
+        layer_norm_eps=1e-5,
+        initializer_range=0.02,
+    ),
     tokenizer_vocab_size=32768,
     objective=ObjectiveConfig(name="elbo"),
     seq_len=1024,

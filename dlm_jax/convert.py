@@ -17,15 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from dlm_jax.errors import UserError
-from dlm_jax.models import SUPPORTED_MODEL_TYPES, EncoderConfig, params as model_params
+from dlm_jax.models import SUPPORTED_MODEL_TYPES, EncoderConfig
+from dlm_jax.models import params as model_params
 from dlm_jax.tokenizer import load_tokenizer, special_token_ids
 
 FAMILY = {"bert": "bert", "roberta": "bert", "modernbert": "modernbert"}  # which rows a model type uses
 # The HF encoder's prefix inside the MLM classes; the bare classes (BertModel, ModernBertModel)
 # store the same names without it. Head rows never carry it.
 ENCODER_PREFIX = {"bert": "bert.", "roberta": "roberta.", "modernbert": "model."}
-MLM_ARCHITECTURE = {"bert": "BertForMaskedLM", "roberta": "RobertaForMaskedLM",
-                    "modernbert": "ModernBertForMaskedLM"}
+MLM_ARCHITECTURE = {"bert": "BertForMaskedLM", "roberta": "RobertaForMaskedLM", "modernbert": "ModernBertForMaskedLM"}
 # Our paths that belong to the MLM head (initialised when a bare encoder is converted).
 HEAD_PATHS = {"bert": ("mlm_head/",), "modernbert": ("head/", "decoder/")}
 
@@ -94,15 +94,10 @@ NAME_TABLE = (
 )
 HEAD_NAMES = ("lm_head.", "cls.", "head.", "decoder.")  # HF names outside the encoder prefix
 # Other spellings of a table name (older/newer HF versions store the decoder bias either way).
-ALIASES = {
-    "lm_head.decoder.bias": "lm_head.bias",
-    "cls.predictions.decoder.bias": "cls.predictions.bias",
-}
+ALIASES = {"lm_head.decoder.bias": "lm_head.bias", "cls.predictions.decoder.bias": "cls.predictions.bias"}
 # Names with nothing to convert: the pooler (not used by masked LM), the tied decoder weight
 # (ours is the word embedding itself), and the position-id buffer older versions saved.
-IGNORED = re.compile(
-    r"pooler\..*|lm_head\.decoder\.weight|cls\.predictions\.decoder\.weight|embeddings\.position_ids"
-)
+IGNORED = re.compile(r"pooler\..*|lm_head\.decoder\.weight|cls\.predictions\.decoder\.weight|embeddings\.position_ids")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 REQUIRED = object()  # a CONFIG_TABLE default: HF's config.json must have the key
@@ -208,18 +203,23 @@ def _rope_thetas(hf: dict) -> dict:
         raise UserError(f"rope_parameters {rope!r} cannot be honoured; expected one entry per layer type")
     unknown = sorted(set(rope) - {layer_type for _, layer_type, _ in ROPE_FIELDS})
     if unknown:
-        raise UserError(f"rope_parameters for {unknown} cannot be honoured; only full_attention and "
-                        "sliding_attention layers exist")
+        raise UserError(
+            f"rope_parameters for {unknown} cannot be honoured; only full_attention and sliding_attention layers exist"
+        )
     if hf.get("rope_scaling"):
-        raise UserError(f"rope_scaling {hf['rope_scaling']} cannot be honoured; dlm-jax implements the "
-                        "default rotary embedding only")
+        raise UserError(
+            f"rope_scaling {hf['rope_scaling']} cannot be honoured; dlm-jax implements the "
+            "default rotary embedding only"
+        )
     values = {}
     for field, layer_type, default in ROPE_FIELDS:
         params = rope.get(layer_type) or {}
         kind = params.get("rope_type", "default")
         if kind != "default":
-            raise UserError(f"rope_parameters.{layer_type}.rope_type {kind!r} cannot be honoured; dlm-jax "
-                            "implements the default rotary embedding only")
+            raise UserError(
+                f"rope_parameters.{layer_type}.rope_type {kind!r} cannot be honoured; dlm-jax "
+                "implements the default rotary embedding only"
+            )
         values[field] = float(params.get("rope_theta") or hf.get(field) or default)
     return values
 
@@ -244,16 +244,18 @@ def encoder_config_from_hf(hf: dict, tokenizer=None) -> EncoderConfig:
         values.update(_rope_thetas(hf))
         if values["layer_types"] is None and "global_attn_every_n_layers" in hf:
             every = int(hf["global_attn_every_n_layers"])
-            values["layer_types"] = ["sliding_attention" if i % every else "full_attention"
-                                     for i in range(values["num_hidden_layers"])]
+            values["layer_types"] = [
+                "sliding_attention" if i % every else "full_attention" for i in range(values["num_hidden_layers"])
+            ]
     pad = hf.get("pad_token_id", 1 if model_type == "roberta" else 0)
     if tokenizer is None:
         mask, bos, eos = hf.get("mask_token_id"), hf.get("bos_token_id"), hf.get("eos_token_id")
     else:
         ids = special_token_ids(tokenizer)
         mask, bos, eos = ids["mask"], ids["bos"], ids["eos"]
-    return EncoderConfig(**values, pad_token_id=pad if pad is not None else 0, mask_token_id=mask,
-                         bos_token_id=bos, eos_token_id=eos)
+    return EncoderConfig(
+        **values, pad_token_id=pad if pad is not None else 0, mask_token_id=mask, bos_token_id=bos, eos_token_id=eos
+    )
 
 
 def check_tokenizer_fits(config: EncoderConfig, tokenizer, where) -> None:
@@ -331,7 +333,7 @@ def params_from_hf(tensors: dict[str, np.ndarray], config: EncoderConfig, *, see
     tied_decoder = {"decoder.weight"} if config.model_type == "modernbert" and config.tie_word_embeddings else set()
     flat, matched, ignored, unmatched = {}, [], [], []
     for name in sorted(tensors):
-        short = name[len(prefix):] if name.startswith(prefix) else name
+        short = name[len(prefix) :] if name.startswith(prefix) else name
         short = ALIASES.get(short, short)
         if short not in rows:
             if IGNORED.fullmatch(short) or short in tied_decoder:
@@ -432,17 +434,28 @@ def hf_config_from_ours(config: EncoderConfig) -> dict:
         if config.model_type in types:
             value = getattr(config, field)
             hf[key] = list(value) if isinstance(value, tuple) else value
-    hf.update(pad_token_id=config.pad_token_id, bos_token_id=config.bos_token_id,
-              eos_token_id=config.eos_token_id, torch_dtype="float32")
+    hf.update(
+        pad_token_id=config.pad_token_id,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        torch_dtype="float32",
+    )
     if config.model_type == "modernbert":
         hf["layer_types"] = list(config.attention_layer_types)
-        hf["rope_parameters"] = {layer_type: {"rope_type": "default", "rope_theta": getattr(config, field)}
-                                 for field, layer_type, _ in ROPE_FIELDS}
-        hf.update(cls_token_id=config.bos_token_id, sep_token_id=config.eos_token_id,
-                  mask_token_id=config.mask_token_id)
+        hf["rope_parameters"] = {
+            layer_type: {"rope_type": "default", "rope_theta": getattr(config, field)}
+            for field, layer_type, _ in ROPE_FIELDS
+        }
+        hf.update(
+            cls_token_id=config.bos_token_id, sep_token_id=config.eos_token_id, mask_token_id=config.mask_token_id
+        )
     else:
-        hf.update(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
-                  position_embedding_type="absolute", tie_word_embeddings=True)
+        hf.update(
+            hidden_dropout_prob=0.1,
+            attention_probs_dropout_prob=0.1,
+            position_embedding_type="absolute",
+            tie_word_embeddings=True,
+        )
     return hf
 
 

@@ -152,9 +152,7 @@ def _span_mask_row(key, eligible, ratio, mean_length):
     starts = jnp.cumsum(lengths) - lengths  # masked tokens before each span
     num_spans = jnp.minimum((starts < k).sum(), unmasked + 1)
     index = jnp.arange(length)
-    lengths = jnp.where(
-        index < num_spans - 1, lengths, jnp.where(index == num_spans - 1, k - starts, 0)
-    )
+    lengths = jnp.where(index < num_spans - 1, lengths, jnp.where(index == num_spans - 1, k - starts, 0))
 
     # Gap g (0..unmasked) is the place after the g-th unmasked token; choose num_spans of them.
     gap = jnp.arange(length + 1)
@@ -163,21 +161,13 @@ def _span_mask_row(key, eligible, ratio, mean_length):
     span_length = jnp.where(chosen, lengths[jnp.clip(jnp.cumsum(chosen) - 1, 0, length - 1)], 0)
     span_start = gap + jnp.cumsum(span_length) - span_length
     opens = chosen.astype(jnp.int32)
-    edges = (
-        jnp.zeros(length + 2, jnp.int32)
-        .at[span_start]
-        .add(opens)
-        .at[span_start + span_length]
-        .add(-opens)
-    )
+    edges = jnp.zeros(length + 2, jnp.int32).at[span_start].add(opens).at[span_start + span_length].add(-opens)
     masked_in_order = jnp.cumsum(edges)[:length] > 0
     order = jnp.clip(jnp.cumsum(eligible) - 1, 0, length - 1)
     return eligible & masked_in_order[order]
 
 
-def corrupt(
-    key, input_ids, eligible, objective: ObjectiveConfig, *, mask_token_id, vocab_size
-) -> Corruption:
+def corrupt(key, input_ids, eligible, objective: ObjectiveConfig, *, mask_token_id, vocab_size) -> Corruption:
     """Corrupt a batch [B, L] for `objective`. Jit-able (objective static), static shapes; every
     row with an eligible position gets at least one scored token. For elbo the batch must be the
     global batch: t is stratified across its rows."""
@@ -193,34 +183,24 @@ def corrupt(
 
     if objective.name == "bert":
         ratio = jnp.full((batch,), objective.bert_mask_prob, jnp.float32)
-        selected = _mask_lowest(
-            jax.random.uniform(key_noise, (batch, length)), eligible, mask_count(ratio, n_eligible)
-        )
+        selected = _mask_lowest(jax.random.uniform(key_noise, (batch, length)), eligible, mask_count(ratio, n_eligible))
         key_kind, key_token = jax.random.split(key_extra)
         kind = jax.random.uniform(key_kind, (batch, length))
         random_ids = jax.random.randint(key_token, (batch, length), 0, vocab_size, jnp.int32)
         corrupted = jnp.where(
-            kind < BERT_MASK,
-            mask_token_id,
-            jnp.where(kind < BERT_MASK + BERT_RANDOM, random_ids, input_ids),
+            kind < BERT_MASK, mask_token_id, jnp.where(kind < BERT_MASK + BERT_RANDOM, random_ids, input_ids)
         )
-        return Corruption(
-            jnp.where(selected, corrupted, input_ids), selected, selected.astype(jnp.float32), ratio
-        )
+        return Corruption(jnp.where(selected, corrupted, input_ids), selected, selected.astype(jnp.float32), ratio)
 
     ratio = jax.random.choice(key_ratio, jnp.asarray(objective.ratios, jnp.float32), (batch,))
     if objective.name == "ratio_set":
-        masked = _mask_lowest(
-            jax.random.uniform(key_noise, (batch, length)), eligible, mask_count(ratio, n_eligible)
-        )
+        masked = _mask_lowest(jax.random.uniform(key_noise, (batch, length)), eligible, mask_count(ratio, n_eligible))
     else:  # span
         row_keys = jax.random.split(key_noise, batch)
         masked = jax.vmap(_span_mask_row, in_axes=(0, 0, 0, None))(
             row_keys, eligible, ratio, objective.span_mean_length
         )
-    return Corruption(
-        jnp.where(masked, mask_token_id, input_ids), masked, masked.astype(jnp.float32), ratio
-    )
+    return Corruption(jnp.where(masked, mask_token_id, input_ids), masked, masked.astype(jnp.float32), ratio)
 
 
 def ratio_bucket(ratio) -> jax.Array:

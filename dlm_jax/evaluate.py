@@ -195,8 +195,7 @@ def _eligible(config, input_ids, prompt_mask, valid):
     """Maskable positions; the repeated rows that fill the last batch have none, so they add
     nothing to any sum."""
     eligible = diffusion.eligible_positions(
-        input_ids, prompt_mask, pad_id=config.pad_token_id,
-        special_ids=config.special_token_ids, prefix_len=0,
+        input_ids, prompt_mask, pad_id=config.pad_token_id, special_ids=config.special_token_ids, prefix_len=0
     )
     return eligible & (jnp.arange(input_ids.shape[0]) < valid)[:, None]
 
@@ -204,8 +203,9 @@ def _eligible(config, input_ids, prompt_mask, valid):
 def _token_ce(model, corruption, input_ids, attention_mask):
     """CE and correctness of the scored tokens, decoded without the [B, L, V] logits."""
     features, embedding, bias = model.head_inputs(corruption.input_ids, attention_mask)
-    _, ce, correct = ops.vocab_cross_entropy(features, embedding, bias, input_ids, corruption.weights,
-                                             dtype=model.dtype)
+    _, ce, correct = ops.vocab_cross_entropy(
+        features, embedding, bias, input_ids, corruption.weights, dtype=model.dtype
+    )
     return ce, correct
 
 
@@ -227,8 +227,9 @@ def _nelbo_batch(graphdef, params, keys, input_ids, prompt_mask, valid, *, num_s
         key_t, key_mask = jax.random.split(key)
         t = diffusion.stratified_times(key_t, num_samples, eps)
         copies = lambda x: jnp.broadcast_to(x, (num_samples,) + x.shape)
-        return diffusion.mask_at_times(key_mask, copies(ids), copies(row_eligible), t,
-                                       mask_token_id=config.mask_token_id, force_one=False)
+        return diffusion.mask_at_times(
+            key_mask, copies(ids), copies(row_eligible), t, mask_token_id=config.mask_token_id, force_one=False
+        )
 
     def one_draw(_, draw):
         ce, correct = _token_ce(model, draw, input_ids, attention_mask)
@@ -254,9 +255,18 @@ def nelbo(model, dataset, *, num_samples=8, batch_size=8, seed=0, max_sequences=
     graphdef, params = nnx.split(encoder)
     numerators, eligible = [], []
     for first, ids, prompt, valid in data.batches_in_order(dataset, batch_size, max_sequences, desc="NELBO"):
-        num, den = jax.device_get(_nelbo_batch(
-            graphdef, params, _row_keys(seed, 0, first, batch_size), ids, prompt, valid,
-            num_samples=int(num_samples), eps=float(eps)))
+        num, den = jax.device_get(
+            _nelbo_batch(
+                graphdef,
+                params,
+                _row_keys(seed, 0, first, batch_size),
+                ids,
+                prompt,
+                valid,
+                num_samples=int(num_samples),
+                eps=float(eps),
+            )
+        )
         numerators += num[:valid].tolist()
         eligible += den[:valid].tolist()
     summary = diffusion.nelbo_summary(numerators, eligible)
@@ -285,13 +295,20 @@ def _ratio_batch(graphdef, params, keys, input_ids, prompt_mask, valid, *, ratio
     objectives = [diffusion.ObjectiveConfig(name="ratio_set", ratios=(r,)) for r in ratios]
 
     def one_row(objective, key, ids, row_eligible):
-        c = diffusion.corrupt(key, ids[None], row_eligible[None], objective,
-                              mask_token_id=config.mask_token_id, vocab_size=config.vocab_size)
+        c = diffusion.corrupt(
+            key,
+            ids[None],
+            row_eligible[None],
+            objective,
+            mask_token_id=config.mask_token_id,
+            vocab_size=config.vocab_size,
+        )
         return jax.tree.map(lambda x: x[0], c)
 
     by_ratio = [
         jax.vmap(functools.partial(one_row, objective))(
-            jax.vmap(jax.random.fold_in, (0, None))(keys, j), input_ids, eligible)
+            jax.vmap(jax.random.fold_in, (0, None))(keys, j), input_ids, eligible
+        )
         for j, objective in enumerate(objectives)
     ]
 
@@ -304,7 +321,9 @@ def _ratio_batch(graphdef, params, keys, input_ids, prompt_mask, valid, *, ratio
     return sums
 
 
-def accuracy_by_ratio(model, dataset, ratios=diffusion.DEFAULT_RATIOS, *, batch_size=8, seed=0, max_sequences=None) -> list:
+def accuracy_by_ratio(
+    model, dataset, ratios=diffusion.DEFAULT_RATIOS, *, batch_size=8, seed=0, max_sequences=None
+) -> list:
     """[{ratio, accuracy, ce, tokens}] over the held-out sequences: with round(r * n) eligible
     tokens of each sequence masked, the fraction of them whose original token gets the highest
     logit (ties count, as in training metrics) and their mean CE in nats."""
@@ -313,13 +332,19 @@ def accuracy_by_ratio(model, dataset, ratios=diffusion.DEFAULT_RATIOS, *, batch_
     ratios = tuple(float(r) for r in ratios)
     graphdef, params = nnx.split(encoder)
     totals = np.zeros((len(ratios), 3), np.float64)
-    for first, ids, prompt, valid in data.batches_in_order(dataset, batch_size, max_sequences,
-                                                           desc="accuracy by ratio"):
-        totals += jax.device_get(_ratio_batch(
-            graphdef, params, _row_keys(seed, 1, first, batch_size), ids, prompt, valid, ratios=ratios))
+    for first, ids, prompt, valid in data.batches_in_order(
+        dataset, batch_size, max_sequences, desc="accuracy by ratio"
+    ):
+        totals += jax.device_get(
+            _ratio_batch(graphdef, params, _row_keys(seed, 1, first, batch_size), ids, prompt, valid, ratios=ratios)
+        )
     return [
-        {"ratio": r, "accuracy": float(correct / max(tokens, 1)), "ce": float(ce / max(tokens, 1)),
-         "tokens": int(tokens)}
+        {
+            "ratio": r,
+            "accuracy": float(correct / max(tokens, 1)),
+            "ce": float(ce / max(tokens, 1)),
+            "tokens": int(tokens),
+        }
         for r, (ce, correct, tokens) in zip(ratios, totals)
     ]
 
@@ -331,8 +356,10 @@ def accuracy_by_ratio(model, dataset, ratios=diffusion.DEFAULT_RATIOS, *, batch_
 def generated_tokens(ids, prompt_len, config) -> list:
     """The generated part of each row as a token list: cut at the first EOS, specials dropped."""
     specials = set(config.special_token_ids)
-    return [[t for t in sampling.cut_at_eos(row, config.eos_token_id) if t not in specials]
-            for row in np.asarray(ids)[:, prompt_len:]]
+    return [
+        [t for t in sampling.cut_at_eos(row, config.eos_token_id) if t not in specials]
+        for row in np.asarray(ids)[:, prompt_len:]
+    ]
 
 
 _FLAGS = {"data_spec": "--data", "num_samples": "--samples"}  # else --name-with-dashes
@@ -345,18 +372,35 @@ def _flag(name):
 def _check_integers(least, **values):
     """Each value is None or an integer >= least (bool is no integer here)."""
     for name, value in values.items():
-        if value is not None and (not isinstance(value, numbers.Integral) or isinstance(value, bool)
-                                  or value < least):
+        if value is not None and (not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < least):
             kind = "a positive integer" if least == 1 else f"an integer >= {least}"
             raise UserError(f"{_flag(name)} must be {kind}, got {value!r}")
 
 
-def _check_arguments(batch_size, max_sequences, nelbo_samples, num_samples, prompt_len, seq_len,
-                     gen_length, steps, step, temperature, seed):
+def _check_arguments(
+    batch_size,
+    max_sequences,
+    nelbo_samples,
+    num_samples,
+    prompt_len,
+    seq_len,
+    gen_length,
+    steps,
+    step,
+    temperature,
+    seed,
+):
     """The checks that need no model, so a typo costs no loading."""
-    _check_integers(1, seq_len=seq_len, batch_size=batch_size, max_sequences=max_sequences,
-                    nelbo_samples=nelbo_samples, prompt_len=prompt_len, gen_length=gen_length,
-                    steps=steps)
+    _check_integers(
+        1,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        max_sequences=max_sequences,
+        nelbo_samples=nelbo_samples,
+        prompt_len=prompt_len,
+        gen_length=gen_length,
+        steps=steps,
+    )
     _check_integers(0, num_samples=num_samples, step=step, seed=seed)
     if seed >= 2**32:  # the sampler's key is a uint32
         raise UserError(f"--seed must be below 2**32, got {seed}")
@@ -364,9 +408,26 @@ def _check_arguments(batch_size, max_sequences, nelbo_samples, num_samples, prom
         raise UserError(f"--temperature must be a number >= 0 (0 is greedy), got {temperature!r}")
 
 
-def evaluate(checkpoint, data_spec, *, seq_len=None, batch_size=8, max_sequences=None, nelbo_samples=8,
-             num_samples=8, prompt_len=16, gen_length=None, steps=None, temperature=1.0, judge=None,
-             split=None, seed=0, step=None, cache_dir=None, log=lambda message: None) -> dict:
+def evaluate(
+    checkpoint,
+    data_spec,
+    *,
+    seq_len=None,
+    batch_size=8,
+    max_sequences=None,
+    nelbo_samples=8,
+    num_samples=8,
+    prompt_len=16,
+    gen_length=None,
+    steps=None,
+    temperature=1.0,
+    judge=None,
+    split=None,
+    seed=0,
+    step=None,
+    cache_dir=None,
+    log=lambda message: None,
+) -> dict:
     """NELBO, accuracy by mask ratio and sample statistics of `checkpoint` (a workdir's latest
     checkpoint, or `step`) on the held-out split of `data_spec`.
 
@@ -375,8 +436,19 @@ def evaluate(checkpoint, data_spec, *, seq_len=None, batch_size=8, max_sequences
     after the prompt, at most 64; steps None is gen_length. Every argument is checked before
     anything is compiled, and a bad one is refused in one line naming its CLI option.
     """
-    _check_arguments(batch_size, max_sequences, nelbo_samples, num_samples, prompt_len, seq_len,
-                     gen_length, steps, step, temperature, seed)
+    _check_arguments(
+        batch_size,
+        max_sequences,
+        nelbo_samples,
+        num_samples,
+        prompt_len,
+        seq_len,
+        gen_length,
+        steps,
+        step,
+        temperature,
+        seed,
+    )
     if judge and num_samples:
         check_judge(judge)
     try:
@@ -385,13 +457,14 @@ def evaluate(checkpoint, data_spec, *, seq_len=None, batch_size=8, max_sequences
         raise UserError(f"--checkpoint: {err}") from None
     config = model.config
     if model.tokenizer is None:
-        raise UserError(f"--checkpoint {checkpoint} has no tokenizer files; save the tokenizer beside "
-                        "the model")
+        raise UserError(f"--checkpoint {checkpoint} has no tokenizer files; save the tokenizer beside the model")
     if seq_len is None:
         seq_len = checkpoint_lib.trained_seq_len(checkpoint) or min(128, config.max_length)
     if seq_len > config.max_length:
-        raise UserError(f"--seq-len {seq_len} exceeds the model's {config.max_length} positions; "
-                        f"pass --seq-len {config.max_length} or less")
+        raise UserError(
+            f"--seq-len {seq_len} exceeds the model's {config.max_length} positions; "
+            f"pass --seq-len {config.max_length} or less"
+        )
     if num_samples:
         if prompt_len >= seq_len:
             raise UserError(f"--prompt-len {prompt_len} must be shorter than --seq-len {seq_len}")
@@ -399,29 +472,37 @@ def evaluate(checkpoint, data_spec, *, seq_len=None, batch_size=8, max_sequences
             gen_length = min(64, config.max_length - prompt_len)
         steps = gen_length if steps is None else steps
         # The sampler's own checks, on prompts of the length the samples will have.
-        sampling.check(config, model.tokenizer, np.full((1, prompt_len), config.pad_token_id), gen_length=gen_length,
-                       steps=steps, temperature=temperature)
+        sampling.check(
+            config,
+            model.tokenizer,
+            np.full((1, prompt_len), config.pad_token_id),
+            gen_length=gen_length,
+            steps=steps,
+            temperature=temperature,
+        )
     split = split or data.held_out_split(data_spec)
-    dataset = data.prepare_dataset(data_spec, model.tokenizer, seq_len,
-                                   cache_dir=cache_dir or data.cache_home(), split=split)
+    dataset = data.prepare_dataset(
+        data_spec, model.tokenizer, seq_len, cache_dir=cache_dir or data.cache_home(), split=split
+    )
     _check_dataset(dataset, config)
     judge_model = load_judge(judge) if judge and num_samples else None
-    results = {"checkpoint": str(checkpoint), "data": str(data_spec), "split": split,
-               "seq_len": seq_len, "seed": seed}
+    results = {"checkpoint": str(checkpoint), "data": str(data_spec), "split": split, "seq_len": seq_len, "seed": seed}
 
-    log(f"NELBO: {nelbo_samples} draws x {len(dataset) if max_sequences is None else min(len(dataset), max_sequences)} sequences")
-    estimate = nelbo(model, dataset, num_samples=nelbo_samples, batch_size=batch_size, seed=seed,
-                     max_sequences=max_sequences)
+    num_sequences = len(dataset) if max_sequences is None else min(len(dataset), max_sequences)
+    log(f"NELBO: {nelbo_samples} draws x {num_sequences} sequences")
+    estimate = nelbo(
+        model, dataset, num_samples=nelbo_samples, batch_size=batch_size, seed=seed, max_sequences=max_sequences
+    )
     results.update({k: v for k, v in estimate.items() if k not in ("numerators", "eligible")})
     log("accuracy by mask ratio")
-    results["accuracy_by_ratio"] = accuracy_by_ratio(model, dataset, batch_size=batch_size, seed=seed,
-                                                     max_sequences=max_sequences)
+    results["accuracy_by_ratio"] = accuracy_by_ratio(
+        model, dataset, batch_size=batch_size, seed=seed, max_sequences=max_sequences
+    )
     if num_samples:
         log(f"generating {num_samples} samples of {gen_length} tokens in {steps} steps")
         count = min(num_samples, len(dataset))
         prompts = np.stack([np.asarray(dataset[i]["input_ids"][:prompt_len]) for i in range(count)])
-        ids = sampling.generate(model, prompts, gen_length=gen_length, steps=steps,
-                                temperature=temperature, seed=seed)
+        ids = sampling.generate(model, prompts, gen_length=gen_length, steps=steps, temperature=temperature, seed=seed)
         tokens = generated_tokens(ids, prompt_len, config)
         texts = [model.tokenizer.decode(t) for t in tokens]
         contexts = [model.tokenizer.decode(p, skip_special_tokens=True) for p in prompts.tolist()]

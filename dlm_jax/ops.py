@@ -156,8 +156,11 @@ def _decode_scored(features, embedding, bias, targets, weights, dtype, chunk_siz
 
     # zeros_like keeps the inputs' type, including shard_map's per-device variance.
     init = (
-        jnp.zeros((), jnp.int32), jnp.zeros_like(w_all[0]), jnp.zeros_like(w_all),
-        jnp.zeros_like(w_all, bool), jnp.zeros_like(x_all, jnp.float32),
+        jnp.zeros((), jnp.int32),
+        jnp.zeros_like(w_all[0]),
+        jnp.zeros_like(w_all),
+        jnp.zeros_like(w_all, bool),
+        jnp.zeros_like(x_all, jnp.float32),
         jnp.zeros_like(x_ones_t[:, :1] * bias, jnp.float32),
     )
     _, total, ce, correct, d_x, d_decoder_bias = jax.lax.while_loop(

@@ -35,10 +35,7 @@ def load_tokenizer(directory, *, required: bool = True):
     if not any((directory / name).is_file() for name in TOKENIZER_FILES):
         if not required:
             return None
-        raise UserError(
-            f"{directory} holds no tokenizer (tokenizer.json or vocab.txt); "
-            "see `dlm-jax tokenizer train`"
-        )
+        raise UserError(f"{directory} holds no tokenizer (tokenizer.json or vocab.txt); see `dlm-jax tokenizer train`")
     try:
         if (directory / "vocab.txt").is_file() and not (directory / "tokenizer.json").is_file():
             tokenizer = BertTokenizer.from_pretrained(str(directory))  # AutoTokenizer fails here

@@ -43,8 +43,7 @@ def frames(tokenizer, history, initial, prompt_length, mask_id):
 
 def show(frame_list, *, delay=0.15, stream=sys.stdout):
     """Replay the frames in the terminal: masks as blocks, new tokens in reverse video."""
-    styles = {"prompt": "\x1b[1m{}\x1b[0m", "mask": "\x1b[2m{}\x1b[0m", "new": "\x1b[7;32m{}\x1b[0m",
-              "old": "{}"}
+    styles = {"prompt": "\x1b[1m{}\x1b[0m", "mask": "\x1b[2m{}\x1b[0m", "new": "\x1b[7;32m{}\x1b[0m", "old": "{}"}
     for i, frame in enumerate(frame_list):
         text = "".join(styles[state].format(p) for p, state in frame)
         stream.write(f"\x1b[2J\x1b[Hstep {i}/{len(frame_list) - 1}\n\n{text}\n")
@@ -76,7 +75,8 @@ function draw(i) {{
 }}
 step.oninput = () => draw(+step.value);
 document.getElementById("play").onclick = () => {{
-  let i = 0; const t = setInterval(() => {{ step.value = i; draw(i++); if (i >= frames.length) clearInterval(t); }}, 300);
+  let i = 0;
+  const t = setInterval(() => {{ step.value = i; draw(i++); if (i >= frames.length) clearInterval(t); }}, 300);
 }};
 draw(0);
 </script></body></html>

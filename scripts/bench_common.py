@@ -49,16 +49,26 @@ def hf_masked_lm(family: str, *, vocab: int, hidden: int, layers: int, length: i
     import torch
     import transformers
 
-    shape = dict(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
-                 num_attention_heads=max(1, hidden // 64))
+    shape = dict(
+        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=max(1, hidden // 64)
+    )
     if family == "roberta":
-        config = transformers.RobertaConfig(**shape, intermediate_size=4 * hidden,
-                                            max_position_embeddings=max(514, length + 2))
+        config = transformers.RobertaConfig(
+            **shape, intermediate_size=4 * hidden, max_position_embeddings=max(514, length + 2)
+        )
         cls = transformers.RobertaForMaskedLM
     else:
-        config = transformers.ModernBertConfig(**shape, intermediate_size=3 * hidden // 2, max_position_embeddings=max(512, length),
-                                               local_attention=min(128, length), pad_token_id=1, bos_token_id=0,
-                                               eos_token_id=2, cls_token_id=0, sep_token_id=2)
+        config = transformers.ModernBertConfig(
+            **shape,
+            intermediate_size=3 * hidden // 2,
+            max_position_embeddings=max(512, length),
+            local_attention=min(128, length),
+            pad_token_id=1,
+            bos_token_id=0,
+            eos_token_id=2,
+            cls_token_id=0,
+            sep_token_id=2,
+        )
         cls = transformers.ModernBertForMaskedLM
     torch.manual_seed(seed)
     return cls(config).eval()

@@ -49,12 +49,13 @@ def main():
 
     if args.single_thread:
         torch.set_num_threads(1)
-    print(f"CPU: {cpu_description()}; JAX {jax.__version__} ({jax.devices()[0].platform}), torch "
-          f"{torch.__version__} ({torch.get_num_threads()} threads)")
+    print(
+        f"CPU: {cpu_description()}; JAX {jax.__version__} ({jax.devices()[0].platform}), torch "
+        f"{torch.__version__} ({torch.get_num_threads()} threads)"
+    )
     forward = jax.jit(lambda graphdef, state, ids, mask: nnx.merge(graphdef, state)(ids, mask), static_argnums=0)
     for family in TITLES if args.family == "both" else (args.family,):
-        torch_model = hf_masked_lm(family, vocab=args.vocab, hidden=args.hidden, layers=args.layers,
-                                   length=args.length)
+        torch_model = hf_masked_lm(family, vocab=args.vocab, hidden=args.hidden, layers=args.layers, length=args.length)
         config, params = converted(torch_model)
         rng = np.random.default_rng(0)
         ids = rng.integers(3, args.vocab, size=(args.batch, args.length)).astype(np.int32)
@@ -70,16 +71,20 @@ def main():
         fns = {"pytorch float32": torch_forward}
         for dtype in ("float32", "bfloat16"):
             graphdef, state = nnx.split(encoder_with_params(config, params, dtype=dtype))
-            run = lambda graphdef=graphdef, state=state: forward(graphdef, state, ids_j, mask_j).block_until_ready()
+            run = lambda graphdef=graphdef, state=state, ids_j=ids_j, mask_j=mask_j: forward(
+                graphdef, state, ids_j, mask_j
+            ).block_until_ready()
             error = float(np.abs(np.asarray(run()) - reference).max())
             print(f"{TITLES[family]} dlm-jax {dtype}: max |logits - pytorch| = {error:.2e}")
             fns[f"dlm-jax {dtype}"] = run
         results = interleaved_medians(fns, args.repeats)
 
         base = results["pytorch float32"][0]
-        print(f"\n{TITLES[family]} MLM forward, batch {args.batch} x {args.length}, {args.layers} layers, hidden "
-              f"{args.hidden}, intermediate {config.intermediate_size}, vocab {args.vocab}; median of "
-              f"{args.repeats}; load average {os.getloadavg()[0]:.1f}")
+        print(
+            f"\n{TITLES[family]} MLM forward, batch {args.batch} x {args.length}, {args.layers} layers, hidden "
+            f"{args.hidden}, intermediate {config.intermediate_size}, vocab {args.vocab}; median of "
+            f"{args.repeats}; load average {os.getloadavg()[0]:.1f}"
+        )
         print(f"{'':18s} {'seconds':>8s} {'vs pytorch fp32':>16s} {'CPU seconds':>12s}")
         for name, (seconds, cpu) in results.items():
             print(f"{name:18s} {seconds:8.3f} {base / seconds:15.2f}x {cpu:12.3f}")

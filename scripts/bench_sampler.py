@@ -98,6 +98,7 @@ def with_threads(threads, fn):
     def run():
         torch.set_num_threads(threads)
         return fn()
+
     return run
 
 
@@ -132,7 +133,8 @@ def bench_shape(name, steps, dtypes, repeats):
         contenders[("torch", "float32", threads)] = with_threads(threads, lambda: torch_generate(hf, canvas, steps))
         if "bfloat16" in dtypes:
             contenders[("torch", "bfloat16", threads)] = with_threads(
-                threads, lambda: torch_generate(hf, canvas, steps, autocast=True))
+                threads, lambda: torch_generate(hf, canvas, steps, autocast=True)
+            )
     times = {k: [] for k in contenders}
     outputs = {}
     for _ in range(repeats):  # interleaved: each repeat times every contender once
@@ -141,14 +143,28 @@ def bench_shape(name, steps, dtypes, repeats):
             times[k].append(t)
     torch.set_num_threads(cores)
     t = {k: float(np.median(v)) for k, v in times.items()}
-    best = {d: min((t[k], k[2]) for k in t if k[:2] == ("torch", d)) for d in ("float32", "bfloat16") if ("torch", d, 1) in t}
+    best = {
+        d: min((t[k], k[2]) for k in t if k[:2] == ("torch", d))
+        for d in ("float32", "bfloat16")
+        if ("torch", d, 1) in t
+    }
     rows = []
     for dtype in dtypes:
         ours = outputs[("generate", dtype)][:, PROMPT:]
         theirs = outputs[("torch", dtype, 1)][:, PROMPT:]
-        rows.append(dict(shape=name, dtype=dtype, steps=steps, generate=t[("generate", dtype)],
-                         forward=t[("forward", dtype)], torch=best["float32"], torch_bf16=best.get("bfloat16"),
-                         compile=compile_s[dtype] - t[("generate", dtype)], agree=float((ours == theirs).mean())))
+        rows.append(
+            dict(
+                shape=name,
+                dtype=dtype,
+                steps=steps,
+                generate=t[("generate", dtype)],
+                forward=t[("forward", dtype)],
+                torch=best["float32"],
+                torch_bf16=best.get("bfloat16"),
+                compile=compile_s[dtype] - t[("generate", dtype)],
+                agree=float((ours == theirs).mean()),
+            )
+        )
     return rows
 
 
@@ -179,7 +195,7 @@ def torch_block(layer, x, kv=None, start=0):
     keys, values = k, v
     if kv is not None:
         keys, values = kv[0].clone(), kv[1].clone()
-        keys[:, :, start:start + x.shape[1]], values[:, :, start:start + x.shape[1]] = k, v
+        keys[:, :, start : start + x.shape[1]], values[:, :, start : start + x.shape[1]] = k, v
     context = torch.nn.functional.scaled_dot_product_attention(q, keys, values)
     h = layer.attention.output(context.transpose(1, 2).reshape(x.shape), x)
     return layer.output(layer.intermediate(h), h), (k, v)
@@ -225,12 +241,13 @@ def text_prompts(tokenizer, batch, length):
     """`batch` prompts of BOS + length - 1 tokens cut from WikiText-2's validation text."""
     ids = sampling.encode_prompt(tokenizer, TEXT.read_text()[:200_000])
     bos, body = ids[:1], ids[1:]
-    return np.stack([bos + body[i * length: (i + 1) * length - 1] for i in range(batch)])
+    return np.stack([bos + body[i * length : (i + 1) * length - 1] for i in range(batch)])
 
 
 def random_model(name):
-    torch_model = hf_masked_lm("roberta", vocab=50265, hidden=SHAPES[name]["hidden_size"],
-                               layers=SHAPES[name]["num_hidden_layers"], length=512)
+    torch_model = hf_masked_lm(
+        "roberta", vocab=50265, hidden=SHAPES[name]["hidden_size"], layers=SHAPES[name]["num_hidden_layers"], length=512
+    )
     config, params = converted(torch_model)
     return config.replace(mask_token_id=MASK_ID), params, torch_model
 
@@ -261,8 +278,12 @@ def bench_cache(label, config, params, torch_model, prompts, args, dtype):
     canvas = torch.tensor(np.concatenate([prompts, np.full((len(prompts), gen), config.mask_token_id)], 1))
     if torch_model is not None and dtype == "float32":
         for threads in sorted({1, torch.get_num_threads()}):
-            runs[("torch", threads)] = with_threads(threads, lambda: torch_dual_cache_generate(
-                torch_model, canvas, prompts.shape[1], block, steps, config.mask_token_id, config.position_offset))
+            runs[("torch", threads)] = with_threads(
+                threads,
+                lambda: torch_dual_cache_generate(
+                    torch_model, canvas, prompts.shape[1], block, steps, config.mask_token_id, config.position_offset
+                ),
+            )
     first, outputs = {}, {}
     for key, fn in runs.items():  # the first call compiles; its tokens are the ones compared
         first[key], outputs[key] = timed(fn)
@@ -272,18 +293,24 @@ def bench_cache(label, config, params, torch_model, prompts, args, dtype):
             times[key].append(timed(fn)[0])
     torch.set_num_threads(os.cpu_count())
     t = {key: float(np.median(v)) for key, v in times.items()}
-    same = lambda a, b: float((outputs[a][:, prompts.shape[1]:] == outputs[b][:, prompts.shape[1]:]).mean())
+    same = lambda a, b: float((outputs[a][:, prompts.shape[1] :] == outputs[b][:, prompts.shape[1] :]).mean())
     dual = ("dual", per_block)
     for key in runs:
         if key[0] == "torch":
             continue
-        print(f"| {label} | {dtype} | {key[0]} | {key[1]} | {t[key]:.3f} | {t[('none', '-')] / t[key]:.2f}x | "
-              f"{same(key, ('none', '-')):.1%} | {first[key] - t[key]:.1f} |", flush=True)
+        print(
+            f"| {label} | {dtype} | {key[0]} | {key[1]} | {t[key]:.3f} | {t[('none', '-')] / t[key]:.2f}x | "
+            f"{same(key, ('none', '-')):.1%} | {first[key] - t[key]:.1f} |",
+            flush=True,
+        )
     torch_runs = [key for key in runs if key[0] == "torch"]
     if torch_runs:
         best = min(torch_runs, key=t.get)
-        print(f"| {label} | {dtype} | torch dual-cache loop ({best[1]} threads) | {per_block} | {t[best]:.3f} | "
-              f"ours dual {t[best] / t[dual]:.2f}x faster | {same(best, dual):.1%} of ours dual | - |", flush=True)
+        print(
+            f"| {label} | {dtype} | torch dual-cache loop ({best[1]} threads) | {per_block} | {t[best]:.3f} | "
+            f"ours dual {t[best] / t[dual]:.2f}x faster | {same(best, dual):.1%} of ours dual | - |",
+            flush=True,
+        )
 
 
 def main():
@@ -301,27 +328,37 @@ def main():
     parser.add_argument("--cache-steps", type=int, default=32)
     parser.add_argument("--refresh", type=int, nargs="*", default=[1, 2, 4], help="K of the curve")
     args = parser.parse_args()
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads); load average {os.getloadavg()[0]:.1f} at start")
+    print(
+        f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads); load average {os.getloadavg()[0]:.1f} at start"
+    )
     if args.sizes:
         print(f"\nPart 1: batch {BATCH}, {PROMPT}+{GEN} positions, {args.steps} steps, median of {args.repeats}")
-        header = ("| shape | dtype | generate s | forward s | overhead (a) | torch fp32 loop s (threads) | speed-up (b) "
-                  "| torch bf16 autocast loop s (threads) | speed-up vs autocast | compile s (c) | same tokens |")
+        header = (
+            "| shape | dtype | generate s | forward s | overhead (a) | torch fp32 loop s (threads) | speed-up (b) "
+            "| torch bf16 autocast loop s (threads) | speed-up vs autocast | compile s (c) | same tokens |"
+        )
         print(header)
         print("|---" * (header.count("|") - 1) + "|")
     for name in args.sizes:
         for r in bench_shape(name, args.steps, args.dtypes, args.repeats):
             (t32, n32), bf16 = r["torch"], r["torch_bf16"]
             autocast = f"{bf16[0]:.3f} ({bf16[1]}) | {bf16[0] / r['generate']:.2f}x" if bf16 else "- | -"
-            print(f"| {r['shape']} | {r['dtype']} | {r['generate']:.3f} | {r['forward']:.4f} | "
-                  f"{r['generate'] / (r['steps'] * r['forward']):.3f} | {t32:.3f} ({n32}) | "
-                  f"{t32 / r['generate']:.2f}x | {autocast} | {r['compile']:.1f} | {r['agree']:.1%} |",
-                  flush=True)
+            print(
+                f"| {r['shape']} | {r['dtype']} | {r['generate']:.3f} | {r['forward']:.4f} | "
+                f"{r['generate'] / (r['steps'] * r['forward']):.3f} | {t32:.3f} ({n32}) | "
+                f"{t32 / r['generate']:.2f}x | {autocast} | {r['compile']:.1f} | {r['agree']:.1%} |",
+                flush=True,
+            )
     if not (args.cache_sizes or args.checkpoint):
         return
-    print(f"\nPart 2: batch {BATCH}, prompt {args.prompt_length} + {args.gen_length} generated in blocks of "
-          f"{args.block_length}, {args.cache_steps} steps, greedy low_confidence, median of {args.repeats}")
-    header = "| model | dtype | cache | K | generate s | speed-up vs cache=None | same tokens as cache=None | compile s |"
+    print(
+        f"\nPart 2: batch {BATCH}, prompt {args.prompt_length} + {args.gen_length} generated in blocks of "
+        f"{args.block_length}, {args.cache_steps} steps, greedy low_confidence, median of {args.repeats}"
+    )
+    header = (
+        "| model | dtype | cache | K | generate s | speed-up vs cache=None | same tokens as cache=None | compile s |"
+    )
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
     models = []
@@ -329,10 +366,18 @@ def main():
         config, params, tokenizer, torch_model = trained_model(args.checkpoint)
         need = args.prompt_length + args.gen_length
         if need > config.max_length:
-            parser.error(f"{args.checkpoint} embeds {config.max_length} positions; lower --prompt-length + "
-                         f"--gen-length ({need})")
-        models.append((f"{Path(args.checkpoint).name} (checkpoint)", config, params, torch_model,
-                       text_prompts(tokenizer, BATCH, args.prompt_length)))
+            parser.error(
+                f"{args.checkpoint} embeds {config.max_length} positions; lower --prompt-length + --gen-length ({need})"
+            )
+        models.append(
+            (
+                f"{Path(args.checkpoint).name} (checkpoint)",
+                config,
+                params,
+                torch_model,
+                text_prompts(tokenizer, BATCH, args.prompt_length),
+            )
+        )
     for name in args.cache_sizes:
         config, params, torch_model = random_model(name)
         prompts = np.random.default_rng(0).integers(3, 50000, (BATCH, args.prompt_length))

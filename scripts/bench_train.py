@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-
 from bench_common import converted, cpu_description, hf_masked_lm
+
 from dlm_jax import diffusion
 from dlm_jax.models import COMPUTE_DTYPES
 from dlm_jax.models.params import abstract_encoder
@@ -41,20 +41,29 @@ def torch_matmul_tflops(dtype, size=2048, repeats=3):
 
 
 def train_config(model_config, batch, dtype):
-    return TrainConfig(model=model_config, seq_len=batch.shape[1], batch_size=batch.shape[0],
-                       dtype=dtype, mesh=MeshConfig(data=1), warmup_steps=1, steps=1000)
+    return TrainConfig(
+        model=model_config,
+        seq_len=batch.shape[1],
+        batch_size=batch.shape[0],
+        dtype=dtype,
+        mesh=MeshConfig(data=1),
+        warmup_steps=1,
+        steps=1000,
+    )
 
 
 def corruptions(config, batch, steps):
     """The (masked inputs, scored mask) of our step s = 0 .. steps - 1, as NumPy arrays."""
     model = config.model
-    eligible = diffusion.eligible_positions(batch, np.zeros(batch.shape, bool), pad_id=model.pad_token_id,
-                                            special_ids=model.special_token_ids, prefix_len=0)
+    eligible = diffusion.eligible_positions(
+        batch, np.zeros(batch.shape, bool), pad_id=model.pad_token_id, special_ids=model.special_token_ids, prefix_len=0
+    )
     out = []
     for step in range(steps):
         key = jax.random.fold_in(jax.random.key(config.seed), step)
-        c = diffusion.corrupt(key, batch, eligible, config.objective, mask_token_id=model.mask_token_id,
-                              vocab_size=model.vocab_size)
+        c = diffusion.corrupt(
+            key, batch, eligible, config.objective, mask_token_id=model.mask_token_id, vocab_size=model.vocab_size
+        )
         out.append((np.asarray(c.input_ids), np.asarray(c.target_mask)))
     return out
 
@@ -115,31 +124,41 @@ def main():
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
-    print(f"CPU: {cpu_description()}; JAX {jax.__version__}, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads)")
+    print(
+        f"CPU: {cpu_description()}; JAX {jax.__version__}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads)"
+    )
     batch = np.random.default_rng(0).integers(4, args.vocab - 1, (args.batch, args.seq_len), dtype=np.int32)
     for family in ("roberta", "modernbert") if args.family == "both" else (args.family,):
-        torch_model = hf_masked_lm(family, vocab=args.vocab, hidden=args.hidden, layers=args.layers,
-                                   length=args.seq_len)
+        torch_model = hf_masked_lm(
+            family, vocab=args.vocab, hidden=args.hidden, layers=args.layers, length=args.seq_len
+        )
         model_config, params = converted(torch_model)
         model_config = model_config.replace(mask_token_id=args.vocab - 1)
         masks = corruptions(train_config(model_config, batch, "float32"), batch, args.steps + 1)
         scored = float(np.mean([m.sum() for _, m in masks]))
         flops = step_flops(model_config, args.seq_len, batch.size, scored)
-        print(f"\n{family}: hidden {args.hidden} x {args.layers} layers, intermediate "
-              f"{model_config.intermediate_size}, vocab {args.vocab}; batch {args.batch} x {args.seq_len}, "
-              f"{scored:.0f} scored tokens per step on average; model FLOPs/step {flops:.3e}")
+        print(
+            f"\n{family}: hidden {args.hidden} x {args.layers} layers, intermediate "
+            f"{model_config.intermediate_size}, vocab {args.vocab}; batch {args.batch} x {args.seq_len}, "
+            f"{scored:.0f} scored tokens per step on average; model FLOPs/step {flops:.3e}"
+        )
         print("| dtype | matmul ceiling JAX / torch (TFLOP/s) | dlm-jax tok/s | MFU | PyTorch tok/s | MFU | speed-up |")
         print("|---|---|---|---|---|---|---|")
         times = {}
         for dtype in ("float32", "bfloat16"):
             ceiling_jax = measure_matmul_tflops(COMPUTE_DTYPES[dtype])
             ceiling_torch = torch_matmul_tflops(getattr(torch, dtype))
-            times[dtype] = t_jax, t_torch = (bench_jax(model_config, params, batch, dtype, args.steps),
-                                             bench_torch(torch_model, batch, dtype, masks))
-            print(f"| {dtype} | {ceiling_jax:.3f} / {ceiling_torch:.3f} | {batch.size / t_jax:.0f} | "
-                  f"{flops / t_jax / 1e12 / ceiling_jax:.1%} | {batch.size / t_torch:.0f} | "
-                  f"{flops / t_torch / 1e12 / ceiling_torch:.1%} | {t_torch / t_jax:.2f}x |", flush=True)
+            times[dtype] = t_jax, t_torch = (
+                bench_jax(model_config, params, batch, dtype, args.steps),
+                bench_torch(torch_model, batch, dtype, masks),
+            )
+            print(
+                f"| {dtype} | {ceiling_jax:.3f} / {ceiling_torch:.3f} | {batch.size / t_jax:.0f} | "
+                f"{flops / t_jax / 1e12 / ceiling_jax:.1%} | {batch.size / t_torch:.0f} | "
+                f"{flops / t_torch / 1e12 / ceiling_torch:.1%} | {t_torch / t_jax:.2f}x |",
+                flush=True,
+            )
         print(f"{family}: dlm-jax bf16 vs PyTorch float32: {times['float32'][1] / times['bfloat16'][0]:.2f}x")
 
 

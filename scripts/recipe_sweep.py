@@ -21,8 +21,14 @@ import shutil
 import time
 from pathlib import Path
 
-BOOKS = ("austen-emma", "austen-persuasion", "austen-sense", "chesterton-brown", "chesterton-thursday",
-         "melville-moby_dick")
+BOOKS = (
+    "austen-emma",
+    "austen-persuasion",
+    "austen-sense",
+    "chesterton-brown",
+    "chesterton-thursday",
+    "melville-moby_dick",
+)
 # The quickstart preset at the time of the sweep was this base: ModernBERT 128 x 3 layers, GeGLU
 # intermediate 512, local_attention 32, batch 64 x 64, lr 2e-3, warmup 50, bf16.
 BASE = ["model.intermediate_size=512", "model.local_attention=32", "batch_size=64", "warmup_steps=50", "steps=600"]
@@ -45,8 +51,10 @@ PROMPTS = ("The whale", "She was not")
 
 def unwrapped(text: str) -> str:
     paragraphs = re.split(r"\n\s*\n", text)
-    return "\n\n".join(" ".join(line.strip() for line in p.splitlines() if line.strip())
-                       for p in paragraphs if p.strip()) + "\n"
+    return (
+        "\n\n".join(" ".join(line.strip() for line in p.splitlines() if line.strip()) for p in paragraphs if p.strip())
+        + "\n"
+    )
 
 
 def corpus(shared: Path, out: Path, unwrap: bool):
@@ -78,16 +86,25 @@ def run_variant(name, sets, shared, out):
     seconds = time.perf_counter() - start
     model = api.load(workdir)
     heldout = data.prepare_dataset(text / "heldout", model.tokenizer, config.seq_len, cache_dir=data.cache_home())
-    ce = {r["ratio"]: r["ce"] for r in evaluate.accuracy_by_ratio(model, heldout, ratios=(0.1, 0.5, 1.0),
-                                                                  batch_size=16, max_sequences=256)}
+    ce = {
+        r["ratio"]: r["ce"]
+        for r in evaluate.accuracy_by_ratio(model, heldout, ratios=(0.1, 0.5, 1.0), batch_size=16, max_sequences=256)
+    }
     prompts = [sampling.encode_prompt(model.tokenizer, p) for p in PROMPTS]
     width = max(len(p) for p in prompts)
     samples = {}
     for temperature in (0.0, 0.8):
         ids = sampling.generate(model, prompts, gen_length=32, steps=32, temperature=temperature, seed=0)
         samples[temperature] = sampling.generated_text(model.tokenizer, ids, width, eos_id=model.config.eos_token_id)
-    return {"variant": name, "steps": config.steps, "batch": config.batch_size, "train_seconds": round(seconds),
-            "seconds_per_step": record.get("step_time"), "ce": ce, "samples": samples}
+    return {
+        "variant": name,
+        "steps": config.steps,
+        "batch": config.batch_size,
+        "train_seconds": round(seconds),
+        "seconds_per_step": record.get("step_time"),
+        "ce": ce,
+        "samples": samples,
+    }
 
 
 def main():

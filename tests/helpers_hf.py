@@ -13,9 +13,18 @@ from pathlib import Path
 
 TOKENIZERS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tokenizers"
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
-TINY_MODERNBERT = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=48,
-                       local_attention=8, pad_token_id=1, bos_token_id=0, eos_token_id=2, cls_token_id=0,
-                       sep_token_id=2)
+TINY_MODERNBERT = dict(
+    hidden_size=32,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=48,
+    local_attention=8,
+    pad_token_id=1,
+    bos_token_id=0,
+    eos_token_id=2,
+    cls_token_id=0,
+    sep_token_id=2,
+)
 
 
 def hf_tokenizer(model_type: str):
@@ -61,11 +70,7 @@ def make_hf_checkpoint(tmp_path, model_type="roberta", with_tokenizer=True, mlm=
     Extra keywords override the HF config (e.g. num_hidden_layers=3)."""
     model, tokenizer = hf_model(model_type, mlm=mlm, **config_overrides)
     kind = "mlm" if mlm else "bare"
-    out = next(
-        path
-        for n in itertools.count()
-        if not (path := Path(tmp_path) / f"hf-{model_type}-{kind}-{n}").exists()
-    )
+    out = next(path for n in itertools.count() if not (path := Path(tmp_path) / f"hf-{model_type}-{kind}-{n}").exists())
     model.save_pretrained(str(out))
     if with_tokenizer:
         tokenizer.save_pretrained(str(out))

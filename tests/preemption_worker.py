@@ -19,6 +19,9 @@ from dlm_jax.train import resolve_config, train  # noqa: E402
 from dlm_jax.train.mesh import init_distributed  # noqa: E402
 
 init_distributed(f"127.0.0.1:{port}", 2, int(process_id))
-config = resolve_config("tiny", [f"steps={steps}", "log_every=1", f"checkpoint_every={steps}", "end_lr_ratio=1",
-                                 f"tokenizer={tokenizer}"], data=corpus)
+config = resolve_config(
+    "tiny",
+    [f"steps={steps}", "log_every=1", f"checkpoint_every={steps}", "end_lr_ratio=1", f"tokenizer={tokenizer}"],
+    data=corpus,
+)
 train(config, workdir)

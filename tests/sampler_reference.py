@@ -37,8 +37,9 @@ def guided_logits_kv(graphdef, params, canvas, attention_mask, prompt_mask, cfg_
     return (guide(logits, cfg_scale) if use_cfg else logits), kv
 
 
-def guided_window_logits(graphdef, params, canvas, attention_mask, prompt_mask, cfg_scale, use_cfg, mask_id, kv,
-                         offset, width):
+def guided_window_logits(
+    graphdef, params, canvas, attention_mask, prompt_mask, cfg_scale, use_cfg, mask_id, kv, offset, width
+):
     """float32 logits [B, width, V] of the positions offset .. offset + width of each row, those
     positions recomputed and every other one read from kv."""
     encoder = nnx.merge(graphdef, params)
@@ -71,11 +72,20 @@ class CachedForward:
         """(logits [B, L, V], window (offset [B], width) or None for a refresh); outside the
         window the logits are 0 and must not be used."""
         lo, hi, busy = region
-        same = self.kv is not None and all(not busy[r] or (lo[r], hi[r]) == (self.lo[r], self.hi[r])
-                                           for r in range(len(lo)))
+        same = self.kv is not None and all(
+            not busy[r] or (lo[r], hi[r]) == (self.lo[r], self.hi[r]) for r in range(len(lo))
+        )
         use_cfg, mask_id = self.static
-        args = (self.graphdef, self.params, canvas.astype(np.int32), attn, prompt_mask, np.float32(cfg_scale),
-                use_cfg, mask_id)
+        args = (
+            self.graphdef,
+            self.params,
+            canvas.astype(np.int32),
+            attn,
+            prompt_mask,
+            np.float32(cfg_scale),
+            use_cfg,
+            mask_id,
+        )
         if not same or step - self.start >= self.refresh_every or last or self.width is None:
             logits, self.kv = self.full(*args)
             need = max([hi[r] - lo[r] for r in range(len(lo)) if busy[r]], default=0)
@@ -87,7 +97,7 @@ class CachedForward:
         window = np.array(self.window(*args, self.kv, offset, self.width))
         logits = np.zeros(window.shape[:1] + (length,) + window.shape[2:], np.float32)
         for r in range(len(offset)):
-            logits[r, offset[r]:offset[r] + self.width] = window[r]
+            logits[r, offset[r] : offset[r] + self.width] = window[r]
         return logits, (offset, self.width)
 
 
@@ -137,10 +147,28 @@ def score_of(remasking, logits, proposal, uniform):
     return (np.exp(logp) * logp).sum(-1)
 
 
-def reference_generate(model, prompts, *, gen_length, steps, block_length=None, temperature=0.0,
-                       top_k=None, top_p=None, remasking="low_confidence", schedule="even",
-                       cfg_scale=0.0, confidence_threshold=0.9, forbid_eos=False, seed=0, factor=1.0,
-                       alg_temp=None, cache=None, refresh_every=None, stop_at_eos=False):
+def reference_generate(
+    model,
+    prompts,
+    *,
+    gen_length,
+    steps,
+    block_length=None,
+    temperature=0.0,
+    top_k=None,
+    top_p=None,
+    remasking="low_confidence",
+    schedule="even",
+    cfg_scale=0.0,
+    confidence_threshold=0.9,
+    forbid_eos=False,
+    seed=0,
+    factor=1.0,
+    alg_temp=None,
+    cache=None,
+    refresh_every=None,
+    stop_at_eos=False,
+):
     config = model.config
     remasking = {"maskgit_plus": "low_confidence"}.get(remasking, remasking)  # Dream's name
     bounded = remasking in ("threshold", "factor")  # they decide their own counts
@@ -151,8 +179,8 @@ def reference_generate(model, prompts, *, gen_length, steps, block_length=None, 
     canvas = np.full((batch, length), config.pad_token_id, np.int64)
     attn = np.zeros((batch, length), np.int32)
     for r, p in enumerate(prompts):
-        canvas[r, width - len(p):width] = p
-        attn[r, width - len(p):] = 1
+        canvas[r, width - len(p) : width] = p
+        attn[r, width - len(p) :] = 1
     canvas[:, width:] = mask_id
     prompt_mask = (attn == 1) & (canvas != mask_id)
     prompt_mask[:, width:] = False
@@ -160,8 +188,9 @@ def reference_generate(model, prompts, *, gen_length, steps, block_length=None, 
     infill = bool(((canvas[:, :width] == mask_id) & (attn[:, :width] == 1)).any())
     graphdef, params = nnx.split(model.encoder)
     forward = jax.jit(guided_logits, static_argnums=(0, 6, 7))
-    cached = cache and CachedForward(cache, refresh_every, gen_length, block_length, steps,
-                                     (graphdef, params, (cfg_scale > 0, mask_id)))
+    cached = cache and CachedForward(
+        cache, refresh_every, gen_length, block_length, steps, (graphdef, params, (cfg_scale > 0, mask_id))
+    )
 
     num_blocks = gen_length // block_length
     per_block = steps // num_blocks
@@ -170,18 +199,34 @@ def reference_generate(model, prompts, *, gen_length, steps, block_length=None, 
     for b in range(num_blocks):
         lo = 0 if b == 0 else width + b * block_length
         hi = width + (b + 1) * block_length
-        counts = [schedule_counts(int(((canvas[r, lo:hi] == mask_id) & (attn[r, lo:hi] == 1)).sum()),
-                                  per_block, schedule) for r in range(batch)]
+        counts = [
+            schedule_counts(int(((canvas[r, lo:hi] == mask_id) & (attn[r, lo:hi] == 1)).sum()), per_block, schedule)
+            for r in range(batch)
+        ]
         for i in range(per_block):
             if (bounded or stop_at_eos) and not ((canvas == mask_id) & (attn == 1)).any():
                 return canvas
             if cached:
                 region = active_regions(canvas, attn, mask_id, width, block_length, b, infill, bounded, cache)
-                logits, window = cached.logits(step, canvas, attn, prompt_mask, cfg_scale, region,
-                                               bounded and step == steps - 1)
+                logits, window = cached.logits(
+                    step, canvas, attn, prompt_mask, cfg_scale, region, bounded and step == steps - 1
+                )
             else:
-                logits, window = np.array(forward(graphdef, params, canvas.astype(np.int32), attn, prompt_mask,
-                                                  np.float32(cfg_scale), cfg_scale > 0, mask_id)), None
+                logits, window = (
+                    np.array(
+                        forward(
+                            graphdef,
+                            params,
+                            canvas.astype(np.int32),
+                            attn,
+                            prompt_mask,
+                            np.float32(cfg_scale),
+                            cfg_scale > 0,
+                            mask_id,
+                        )
+                    ),
+                    None,
+                )
             logits[..., mask_id] = NEG  # a mask is never a proposal
             if forbid_eos:
                 logits[..., config.eos_token_id] = NEG
@@ -212,8 +257,7 @@ def reference_generate(model, prompts, *, gen_length, steps, block_length=None, 
                         chosen = [q for q in range(length) if masked[r, q]]
                     elif remasking == "threshold":
                         best = max(cand, key=lambda q: (score[r, q], -q)) if cand else None
-                        chosen = [q for q in cand
-                                  if score[r, q] >= np.float32(confidence_threshold) or q == best]
+                        chosen = [q for q in cand if score[r, q] >= np.float32(confidence_threshold) or q == best]
                     else:  # Fast-dLLM's factor: the n most confident while (n + 1)(1 - c_n) < factor
                         ordered = sorted(cand, key=lambda q: (-score[r, q], q))
                         chosen = ordered[:1]

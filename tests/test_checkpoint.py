@@ -10,16 +10,31 @@ import numpy as np
 import pytest
 from helpers_hf import make_hf_checkpoint
 
-from dlm_jax.checkpoint import (is_model_dir, is_workdir, load_model_dir, load_params_from_workdir, read_any,
-                                save_model, trained_seq_len, workdir_and_step)
+from dlm_jax.checkpoint import (
+    is_model_dir,
+    is_workdir,
+    load_model_dir,
+    load_params_from_workdir,
+    read_any,
+    save_model,
+    trained_seq_len,
+    workdir_and_step,
+)
 from dlm_jax.errors import UserError
 from dlm_jax.models import EncoderConfig
 from dlm_jax.models.params import init_params
 from dlm_jax.tokenizer import load_tokenizer
 from dlm_jax.train import resolve_config, train
 
-TINY = EncoderConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                     vocab_size=512, max_position_embeddings=66, mask_token_id=4)
+TINY = EncoderConfig(
+    hidden_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=64,
+    vocab_size=512,
+    max_position_embeddings=66,
+    mask_token_id=4,
+)
 
 
 def equal_trees(a, b) -> bool:
@@ -36,8 +51,10 @@ def workdir(tmp_path_factory, shared_data, monkeypatch_module):
     corpus = root / "corpus.txt"
     corpus.write_text((shared_data / "tinyshakespeare" / "input.txt").read_text()[:60_000])
     train_tokenizer(str(corpus), root / "tokenizer", vocab_size=512)
-    train(resolve_config("tiny", ["steps=2", "checkpoint_every=1", f"tokenizer={root / 'tokenizer'}"],
-                         data=str(corpus)), root / "w")
+    train(
+        resolve_config("tiny", ["steps=2", "checkpoint_every=1", f"tokenizer={root / 'tokenizer'}"], data=str(corpus)),
+        root / "w",
+    )
     return root / "w"
 
 

@@ -49,8 +49,12 @@ def paths(tmp_path_factory, shared_data):
     train_tokenizer(str(corpus), tokenizer, vocab_size=512)
     workdir = root / "workdir"
     # Two steps, both saved: checkpoints/1 and checkpoints/2 (seq_len 64 of the model's 64 positions).
-    train(resolve_config("tiny", ["steps=2", "checkpoint_every=1", "log_every=1", f"tokenizer={tokenizer}"],
-                         data=str(corpus)), workdir)
+    train(
+        resolve_config(
+            "tiny", ["steps=2", "checkpoint_every=1", "log_every=1", f"tokenizer={tokenizer}"], data=str(corpus)
+        ),
+        workdir,
+    )
     (root / "a_file").write_text("not a directory\n")
     (root / "binary").write_bytes(bytes(range(256)) * 8)
     (root / "empty.txt").write_text("")
@@ -59,10 +63,21 @@ def paths(tmp_path_factory, shared_data):
     full = root / "full"
     full.mkdir()
     (full / "keep.txt").write_text("mine")
-    return dict(root=root, corpus=corpus, tokenizer=tokenizer, workdir=workdir, hf=make_hf_checkpoint(root, "roberta"),
-                a_file=root / "a_file", binary=root / "binary", empty_txt=root / "empty.txt",
-                empty_dir=root / "empty_dir", bad_json=root / "bad.json", full=full,
-                missing=root / "missing", under_file=root / "a_file" / "sub")
+    return dict(
+        root=root,
+        corpus=corpus,
+        tokenizer=tokenizer,
+        workdir=workdir,
+        hf=make_hf_checkpoint(root, "roberta"),
+        a_file=root / "a_file",
+        binary=root / "binary",
+        empty_txt=root / "empty.txt",
+        empty_dir=root / "empty_dir",
+        bad_json=root / "bad.json",
+        full=full,
+        missing=root / "missing",
+        under_file=root / "a_file" / "sub",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +85,8 @@ def compiles():
     """Names of the XLA compilations since the list was last cleared."""
     seen = []
     jax.monitoring.register_event_duration_secs_listener(
-        lambda name, duration, **kw: seen.append(name) if name == COMPILE_EVENT else None)
+        lambda name, duration, **kw: seen.append(name) if name == COMPILE_EVENT else None
+    )
     return seen
 
 
@@ -85,13 +101,25 @@ def cli(capsys, *argv):
 # The valid command each row spoils (placeholders {name} are `paths` entries; "#0", "#1" are
 # positionals). A row replaces options with bad values; the rest stays valid.
 BASE = {
-    "train": {"#0": "train", "--config": "tiny", "--workdir": "{fresh}", "--data": "{corpus}",
-              "--set": ["tokenizer={tokenizer}"], "--steps": "2"},
+    "train": {
+        "#0": "train",
+        "--config": "tiny",
+        "--workdir": "{fresh}",
+        "--data": "{corpus}",
+        "--set": ["tokenizer={tokenizer}"],
+        "--steps": "2",
+    },
     "generate": {"#0": "generate", "--checkpoint": "{hf}", "--prompt": "Hello", "--gen-length": "8", "--steps": "4"},
     "convert": {"#0": "convert", "#1": "{hf}", "#2": "{fresh}"},
     "export": {"#0": "export", "#1": "{workdir}", "#2": "{fresh}"},
-    "eval": {"#0": "eval", "--checkpoint": "{hf}", "--data": "{corpus}", "--samples": "0", "--max-sequences": "4",
-             "--nelbo-samples": "1"},
+    "eval": {
+        "#0": "eval",
+        "--checkpoint": "{hf}",
+        "--data": "{corpus}",
+        "--samples": "0",
+        "--max-sequences": "4",
+        "--nelbo-samples": "1",
+    },
     "tokenizer": {"#0": "tokenizer", "#1": "train", "--data": "{corpus}", "--out": "{fresh}"},
 }
 
@@ -115,28 +143,38 @@ def row(changes, named=None, model=False):
 # Misuses of options whose values are not typed (paths, names, flags); every option of every
 # parser must appear here or have a type in BAD_BY_TYPE or choices.
 MISUSE = {
-    ("train", "--config"): [row({"--config": "no_such_preset"}), row({"--config": "{missing}.json"}),
-                            row({"--config": "{bad_json}"})],
+    ("train", "--config"): [
+        row({"--config": "no_such_preset"}),
+        row({"--config": "{missing}.json"}),
+        row({"--config": "{bad_json}"}),
+    ],
     ("train", "--workdir"): [row({"--workdir": "{a_file}"}), row({"--workdir": "{under_file}"})],
     ("train", "--data"): [row({"--data": "{missing}"}), row({"--data": "{binary}"}), row({"--data": "{empty_txt}"})],
     ("train", "--init"): [row({"--init": "{missing}"}), row({"--init": "{empty_dir}"})],
-    ("train", "--set"): [row({"--set": ["lr"]}), row({"--set": ["nokey=1"]}, named="nokey"),
-                         row({"--set": ["lr=fast"]}, named="lr"),
-                         row({"--set": ["learning_rate=3e-4"]}, named="learning_rate"),
-                         row({"--set": ["steps=0"], "--steps": None}, named="steps"),
-                         row({"--set": ["dtype=float16"]}, named="dtype"),
-                         row({"--set": ["seed=-1"]}, named="seed"),
-                         row({"--set": ["objective.name=bogus"]}, named="objective"),
-                         row({"--set": ["tokenizer={missing}"]}, named="tokenizer")],
+    ("train", "--set"): [
+        row({"--set": ["lr"]}),
+        row({"--set": ["nokey=1"]}, named="nokey"),
+        row({"--set": ["lr=fast"]}, named="lr"),
+        row({"--set": ["learning_rate=3e-4"]}, named="learning_rate"),
+        row({"--set": ["steps=0"], "--steps": None}, named="steps"),
+        row({"--set": ["dtype=float16"]}, named="dtype"),
+        row({"--set": ["seed=-1"]}, named="seed"),
+        row({"--set": ["objective.name=bogus"]}, named="objective"),
+        row({"--set": ["tokenizer={missing}"]}, named="tokenizer"),
+    ],
     ("train", "--allow-changes"): [],  # a flag with no wrong use
     ("train", "--coordinator"): [row({"--coordinator": "nohost"}), row({"--coordinator": "127.0.0.1:1"})],
     ("train", "--process-id"): [row({"--process-id": "2", "--num-processes": "2", "--coordinator": "127.0.0.1:1"})],
-    ("generate", "--checkpoint"): [row({"--checkpoint": "{missing}"}), row({"--checkpoint": "{a_file}"}),
-                                   row({"--checkpoint": "{empty_dir}"})],
+    ("generate", "--checkpoint"): [
+        row({"--checkpoint": "{missing}"}),
+        row({"--checkpoint": "{a_file}"}),
+        row({"--checkpoint": "{empty_dir}"}),
+    ],
     ("generate", "--step"): [row({"--step": "1"}), row({"--step": "99", "--checkpoint": "{workdir}"})],
     ("generate", "--prompt"): [row({"--prompt": "x " * 200}, named="prompt", model=True)],
-    ("generate", "--prompt-file"): [row({"--prompt": None, "--prompt-file": v})
-                                    for v in ("{missing}", "{binary}", "{empty_txt}", "{empty_dir}")],
+    ("generate", "--prompt-file"): [
+        row({"--prompt": None, "--prompt-file": v}) for v in ("{missing}", "{binary}", "{empty_txt}", "{empty_dir}")
+    ],
     ("generate", "--gen-length"): [row({"--gen-length": "100"}, model=True)],
     ("generate", "--steps"): [row({"--steps": "9"}, model=True)],
     ("generate", "--block-length"): [row({"--block-length": "3"}, model=True)],
@@ -152,19 +190,24 @@ MISUSE = {
     ("generate", "--refresh-every"): [row({"--refresh-every": "2"}, model=True)],  # without --cache
     ("generate", "--json"): [],
     ("generate", "--show"): [row({"--show": True})],  # the output is not a terminal
-    ("generate", "--trajectory"): [row({"--trajectory": v}) for v in ("{root}/x.png", "{empty_dir}",
-                                                                       "{under_file}.html")],
+    ("generate", "--trajectory"): [
+        row({"--trajectory": v}) for v in ("{root}/x.png", "{empty_dir}", "{under_file}.html")
+    ],
     ("convert", "HF_DIR"): [row({"#1": v}) for v in ("{missing}", "{a_file}", "{empty_dir}")],
     ("convert", "OUT_DIR"): [row({"#2": v}) for v in ("{a_file}", "{under_file}", "{hf}", "{full}")],
-    ("convert", "--force"): [row({"--force": True, "#2": "{workdir}"}),
-                             row({"--force": True, "#2": "{root}"}, named="OUT_DIR")],
+    ("convert", "--force"): [
+        row({"--force": True, "#2": "{workdir}"}),
+        row({"--force": True, "#2": "{root}"}, named="OUT_DIR"),
+    ],
     ("export", "CKPT_DIR"): [row({"#1": v}) for v in ("{missing}", "{a_file}", "{empty_dir}")],
-    ("export", "HF_DIR"): [row({"#2": v}) for v in ("{a_file}", "{workdir}", "{root}", "{full}")] + [
-        row({"--force": True, "#1": "{hf}", "#2": "{workdir}"})],  # another workdir, even with --force
+    ("export", "HF_DIR"): [row({"#2": v}) for v in ("{a_file}", "{workdir}", "{root}", "{full}")]
+    + [row({"--force": True, "#1": "{hf}", "#2": "{workdir}"})],  # another workdir, even with --force
     ("export", "--step"): [row({"--step": "99"})],
-    ("export", "--force"): [row({"--force": True, "#2": "{workdir}"}, named="HF_DIR"),
-                            row({"--force": True, "#1": "{workdir}/checkpoints/2", "#2": "{workdir}"}, named="HF_DIR"),
-                            row({"--force": True, "#2": "{root}"}, named="HF_DIR")],
+    ("export", "--force"): [
+        row({"--force": True, "#2": "{workdir}"}, named="HF_DIR"),
+        row({"--force": True, "#1": "{workdir}/checkpoints/2", "#2": "{workdir}"}, named="HF_DIR"),
+        row({"--force": True, "#2": "{root}"}, named="HF_DIR"),
+    ],
     ("eval", "--checkpoint"): [row({"--checkpoint": "{missing}"}), row({"--checkpoint": "{empty_dir}"})],
     ("eval", "--step"): [row({"--step": "1"}), row({"--step": "99", "--checkpoint": "{workdir}"})],
     ("eval", "--data"): [row({"--data": "{missing}"}, model=True), row({"--data": "{binary}"}, model=True)],
@@ -174,7 +217,10 @@ MISUSE = {
     ("eval", "--prompt-len"): [row({"--prompt-len": "64", "--samples": "2"}, model=True)],
     ("eval", "--gen-length"): [row({"--gen-length": "100", "--samples": "2"}, model=True)],
     ("eval", "--steps"): [row({"--steps": "100", "--gen-length": "8", "--samples": "2"}, model=True)],
-    ("eval", "--judge"): [row({"--judge": "{missing}", "--samples": "2"}), row({"--judge": "{empty_dir}", "--samples": "2"})],
+    ("eval", "--judge"): [
+        row({"--judge": "{missing}", "--samples": "2"}),
+        row({"--judge": "{empty_dir}", "--samples": "2"}),
+    ],
     ("eval", "--cache-dir"): [row({"--cache-dir": "{a_file}"})],
     ("tokenizer", "--data"): [row({"--data": v}) for v in ("{missing}", "{binary}", "{empty_txt}")],
     ("tokenizer", "--out"): [row({"--out": v}) for v in ("{a_file}", "{under_file}", "{tokenizer}")],
@@ -201,8 +247,11 @@ def generated_rows():
             if isinstance(action, argparse._HelpAction):
                 continue
             key = option_key(action)
-            typed = [row({key: "bogus"})] if action.choices else [
-                row({key: value}) for value in BAD_BY_TYPE.get(action.type, ())]
+            typed = (
+                [row({key: "bogus"})]
+                if action.choices
+                else [row({key: value}) for value in BAD_BY_TYPE.get(action.type, ())]
+            )
             misuse = MISUSE.get((command, key))
             assert typed or misuse is not None, f"dlm-jax {command} {key} has no bad values in the table"
             rows += [(command, key, r) for r in typed + (misuse or [])]
@@ -251,11 +300,25 @@ def test_bad_value_is_one_line_naming_the_option(command, key, bad, paths, compi
 
 def test_the_entry_point_exits_2_with_one_line(paths, tmp_path):
     """The installed command in real processes: a bad flag and a bad value found after parsing."""
-    for argv in (["generate", "--checkpoint", paths["hf"], "--prompt", "x", "--gen-length", "8", "--steps", "4",
-                  "--block-length", "0"],
-                 ["train", "--workdir", paths["a_file"], "--set", "seed=-1"]):
-        proc = subprocess.run([sys.executable, "-m", "dlm_jax", *map(str, argv)], capture_output=True, text=True,
-                              timeout=300)
+    for argv in (
+        [
+            "generate",
+            "--checkpoint",
+            paths["hf"],
+            "--prompt",
+            "x",
+            "--gen-length",
+            "8",
+            "--steps",
+            "4",
+            "--block-length",
+            "0",
+        ],
+        ["train", "--workdir", paths["a_file"], "--set", "seed=-1"],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "dlm_jax", *map(str, argv)], capture_output=True, text=True, timeout=300
+        )
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         last = proc.stderr.strip().splitlines()[-1]
         assert last.startswith(f"dlm-jax {argv[0]}") and ("--block-length" in last or "seed" in last), last
@@ -263,8 +326,10 @@ def test_the_entry_point_exits_2_with_one_line(paths, tmp_path):
 
 def test_bucket_workdir_without_its_filesystem_package(paths):
     """gs:// needs gcsfs (or TensorFlow), which a plain install lacks: one line, before any work."""
-    code = ("import sys; sys.modules['gcsfs'] = sys.modules['tensorflow'] = None; from dlm_jax.cli import main; "
-            f"sys.exit(main(['train', '--workdir', 'gs://bucket/run', '--data', {str(paths['corpus'])!r}]))")
+    code = (
+        "import sys; sys.modules['gcsfs'] = sys.modules['tensorflow'] = None; from dlm_jax.cli import main; "
+        f"sys.exit(main(['train', '--workdir', 'gs://bucket/run', '--data', {str(paths['corpus'])!r}]))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "workdir gs://bucket/run needs a filesystem package" in proc.stderr.strip().splitlines()[-1]
@@ -283,9 +348,11 @@ def test_version(capsys):
 
 def test_no_pytorch_notice_without_pytorch(paths, tmp_path):
     """A plain install has no torch: transformers' notice about it must not reach the user."""
-    code = ("import sys; sys.modules['torch'] = None; from dlm_jax.cli import main; "
-            f"sys.exit(main(['tokenizer', 'train', '--data', {str(paths['corpus'])!r}, '--out', "
-            f"{str(tmp_path / 'tok')!r}, '--vocab-size', '300']))")
+    code = (
+        "import sys; sys.modules['torch'] = None; from dlm_jax.cli import main; "
+        f"sys.exit(main(['tokenizer', 'train', '--data', {str(paths['corpus'])!r}, '--out', "
+        f"{str(tmp_path / 'tok')!r}, '--vocab-size', '300']))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "PyTorch was not found" not in proc.stderr + proc.stdout
@@ -351,8 +418,23 @@ def test_generate_and_eval_take_their_lengths_and_step_from_the_workdir(paths, c
     assert by_step == by_dir and json.loads(by_step)["ids"]
     assert cli(capsys, *argv, "--checkpoint", workdir / "checkpoints" / "1", "--step", 2)[0] == 2
 
-    code, out, err = cli(capsys, "eval", "--checkpoint", workdir, "--data", paths["corpus"], "--max-sequences", 4,
-                         "--nelbo-samples", 1, "--samples", 0, "--step", 1, "--json")
+    code, out, err = cli(
+        capsys,
+        "eval",
+        "--checkpoint",
+        workdir,
+        "--data",
+        paths["corpus"],
+        "--max-sequences",
+        4,
+        "--nelbo-samples",
+        1,
+        "--samples",
+        0,
+        "--step",
+        1,
+        "--json",
+    )
     assert code == 0, err
     assert json.loads(out.strip().splitlines()[-1])["seq_len"] == 64  # not 128: the model has 64 positions
 
@@ -366,8 +448,19 @@ def test_generate_checks_its_outputs_before_loading(paths, tmp_path, capsys, mon
     assert code == 2 and "--trajectory" in err and "no-checkpoint" not in err
     # a folder that does not exist yet is made, once the text is out
     page = tmp_path / "new" / "folder" / "steps.html"
-    code, out, err = cli(capsys, "generate", "--checkpoint", paths["hf"], "--prompt", "x", "--gen-length", 8,
-                         "--trajectory", page, "--json")
+    code, out, err = cli(
+        capsys,
+        "generate",
+        "--checkpoint",
+        paths["hf"],
+        "--prompt",
+        "x",
+        "--gen-length",
+        8,
+        "--trajectory",
+        page,
+        "--json",
+    )
     assert code == 0 and json.loads(out)["ids"] and "const frames" in page.read_text(), err
     monkeypatch.setitem(sys.modules, "PIL", None)  # Pillow is optional: a plain install lacks it
     code, _, err = cli(capsys, *base, "--trajectory", tmp_path / "steps.gif")
@@ -385,11 +478,13 @@ def _snapshot(directory: Path) -> dict:
 def test_force_never_deletes_a_workdir_or_the_source(paths, tmp_path, capsys):
     workdir, hf = paths["workdir"], paths["hf"]
     before, hf_before = _snapshot(workdir), _snapshot(hf)
-    for argv in (["export", workdir, workdir, "--force"],
-                 ["export", workdir / "checkpoints" / "2", workdir, "--force"],
-                 ["export", workdir, workdir.parent, "--force"],
-                 ["convert", hf, hf, "--force"],
-                 ["convert", hf, workdir, "--force"]):
+    for argv in (
+        ["export", workdir, workdir, "--force"],
+        ["export", workdir / "checkpoints" / "2", workdir, "--force"],
+        ["export", workdir, workdir.parent, "--force"],
+        ["convert", hf, hf, "--force"],
+        ["convert", hf, workdir, "--force"],
+    ):
         code, _, err = cli(capsys, *argv)
         assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert _snapshot(workdir) == before and _snapshot(hf) == hf_before
@@ -418,8 +513,20 @@ def test_outputs_follow_the_umask(paths, tmp_path, capsys):
 def test_generate_cache_flags_reach_the_sampler(paths, capsys):
     """--cache dual with --refresh-every 1 recomputes every step: the uncached tokens; the
     default refresh (block starts only) is what the library gives for the same keywords."""
-    argv = ["generate", "--checkpoint", paths["hf"], "--prompt", "Call me", "--gen-length", 8, "--steps", 8,
-            "--block-length", 4, "--json"]
+    argv = [
+        "generate",
+        "--checkpoint",
+        paths["hf"],
+        "--prompt",
+        "Call me",
+        "--gen-length",
+        8,
+        "--steps",
+        8,
+        "--block-length",
+        4,
+        "--json",
+    ]
     ids = lambda *extra: json.loads(cli(capsys, *argv, *extra)[1])["ids"]
     _, row, width = _library_text(paths, "Call me", 8, 8, block_length=4, cache="dual")
     assert ids("--cache", "dual", "--refresh-every", 1) == ids()

@@ -91,7 +91,9 @@ def test_config_and_tokenizer_carried_over(converted):
         assert config.local_attention == hf_config["local_attention"]
         rope = hf_config["rope_parameters"]
         assert (config.global_rope_theta, config.local_rope_theta) == (
-            rope["full_attention"]["rope_theta"], rope["sliding_attention"]["rope_theta"])
+            rope["full_attention"]["rope_theta"],
+            rope["sliding_attention"]["rope_theta"],
+        )
     assert tokenizer(TEXTS[0])["input_ids"] == transformers.AutoTokenizer.from_pretrained(hf_dir)(TEXTS[0])["input_ids"]
 
 
@@ -174,7 +176,11 @@ def test_pytorch_bin(tmp_path, capsys):
     tokenizer.save_pretrained(hf_dir)
     torch.save(model.state_dict(), hf_dir / "pytorch_model.bin")  # holds the tied decoder weight too
     code, out, _ = cli(capsys, "convert", hf_dir, tmp_path / "ours")
-    assert code == 0 and "matched 43 tensors" in out and "ignored 1 (pooler / tied decoder): cls.predictions.decoder.weight" in out
+    assert (
+        code == 0
+        and "matched 43 tensors" in out
+        and "ignored 1 (pooler / tied decoder): cls.predictions.decoder.weight" in out
+    )
     ids, mask = batch(tokenizer)
     assert max_err(dlm_jax.load(tmp_path / "ours").logits(ids, mask), torch_logits(model, ids, mask), mask) <= TOL
 
@@ -223,8 +229,13 @@ def test_refuses_shapes_disagreeing_with_config(tmp_path, capsys, roberta_dir):
     config["intermediate_size"] = 48
     (broken / "config.json").write_text(json.dumps(config))
     assert_refused(
-        capsys, tmp_path, broken, "do not match config.json",
-        "roberta.encoder.layer.0.intermediate.dense.bias", "(64,)", "(48,)",
+        capsys,
+        tmp_path,
+        broken,
+        "do not match config.json",
+        "roberta.encoder.layer.0.intermediate.dense.bias",
+        "(64,)",
+        "(48,)",
     )
 
 
@@ -254,16 +265,27 @@ def edited_copy(tmp_path, source, name, **changes):
     return copy
 
 
-@pytest.mark.parametrize("changes, words", [
-    (dict(layer_types=["full_attention", "chunked_attention", "sliding_attention", "full_attention"]),
-     ["layer_types ['chunked_attention'] cannot be honoured", "full_attention, sliding_attention"]),
-    (dict(layer_types=["full_attention", "sliding_attention"]), ["names 2 layers", "num_hidden_layers is 4"]),
-    (dict(rope_parameters={"full_attention": {"rope_type": "yarn", "rope_theta": 160000.0, "factor": 2.0},
-                           "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}),
-     ["rope_parameters.full_attention.rope_type 'yarn' cannot be honoured"]),
-    (dict(local_attention=7), ["local_attention 7 must be an even window"]),
-    (dict(local_attention=256), ["local_attention 256", "max_position_embeddings 128"]),
-])
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        (
+            dict(layer_types=["full_attention", "chunked_attention", "sliding_attention", "full_attention"]),
+            ["layer_types ['chunked_attention'] cannot be honoured", "full_attention, sliding_attention"],
+        ),
+        (dict(layer_types=["full_attention", "sliding_attention"]), ["names 2 layers", "num_hidden_layers is 4"]),
+        (
+            dict(
+                rope_parameters={
+                    "full_attention": {"rope_type": "yarn", "rope_theta": 160000.0, "factor": 2.0},
+                    "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                }
+            ),
+            ["rope_parameters.full_attention.rope_type 'yarn' cannot be honoured"],
+        ),
+        (dict(local_attention=7), ["local_attention 7 must be an even window"]),
+        (dict(local_attention=256), ["local_attention 256", "max_position_embeddings 128"]),
+    ],
+)
 def test_refuses_modernbert_configs_it_cannot_honour(tmp_path, capsys, modernbert_dir, changes, words):
     assert_refused(capsys, tmp_path, edited_copy(tmp_path, modernbert_dir, "edited", **changes), *words)
 
@@ -294,14 +316,20 @@ def test_refuses_a_tokenizer_larger_than_the_vocabulary(tmp_path, capsys, robert
 def test_sentence_transformers_root_is_followed_to_its_transformer_folder(tmp_path, capsys, roberta_dir):
     root = tmp_path / "st"
     shutil.copytree(roberta_dir, root / "0_Transformer")
-    (root / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-    ]))
+    (root / "modules.json").write_text(
+        json.dumps(
+            [
+                {"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            ]
+        )
+    )
     code, out, err = cli(capsys, "convert", root, tmp_path / "ours")
     assert code == 0, err
     ids, mask = batch(dlm_jax.load(roberta_dir).tokenizer)
-    assert np.array_equal(dlm_jax.load(tmp_path / "ours").logits(ids, mask), dlm_jax.load(roberta_dir).logits(ids, mask))
+    assert np.array_equal(
+        dlm_jax.load(tmp_path / "ours").logits(ids, mask), dlm_jax.load(roberta_dir).logits(ids, mask)
+    )
     (root / "modules.json").write_text(json.dumps([{"idx": 0, "path": "missing", "type": "x.Transformer"}]))
     assert_refused(capsys, tmp_path, root, "sentence-transformers folder", "pass the subfolder")
 
@@ -313,8 +341,17 @@ def test_refuses_missing_path(tmp_path, capsys):
 def test_cli_prints_one_line_without_traceback(tmp_path):
     """The installed entry point, as a user runs it."""
     result = subprocess.run(
-        [sys.executable, "-c", "import sys; from dlm_jax.cli import main; sys.exit(main())", "convert", str(tmp_path / "nowhere"), str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            "import sys; from dlm_jax.cli import main; sys.exit(main())",
+            "convert",
+            str(tmp_path / "nowhere"),
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
@@ -376,12 +413,15 @@ def test_training_workdir_load_and_export(tmp_path, capsys):
     later = jax.tree.map(lambda x: x * 1.5, params)
     manager = ocp.CheckpointManager(workdir / "checkpoints", options=ocp.CheckpointManagerOptions(create=True))
     for step, tree in ((10, params), (20, later)):
-        manager.save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(tree),
-            opt_state=ocp.args.StandardSave(optax.adam(1e-3).init(tree)),
-            data=ocp.args.JsonSave({"epoch": 0, "index": step}),
-            meta=ocp.args.JsonSave({"step": step}),
-        ))
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(tree),
+                opt_state=ocp.args.StandardSave(optax.adam(1e-3).init(tree)),
+                data=ocp.args.JsonSave({"epoch": 0, "index": step}),
+                meta=ocp.args.JsonSave({"step": step}),
+            ),
+        )
     manager.wait_until_finished()
     manager.close()
 

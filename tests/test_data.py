@@ -17,14 +17,7 @@ from transformers import AutoTokenizer
 
 from dlm_jax import data
 from dlm_jax.cli import main as cli_main
-from dlm_jax.data import (
-    BatchIterator,
-    default_corpus,
-    prepare_dataset,
-    sources,
-    tfds_source,
-    train_tokenizer,
-)
+from dlm_jax.data import BatchIterator, default_corpus, prepare_dataset, sources, tfds_source, train_tokenizer
 from dlm_jax.errors import UserError
 from dlm_jax.tokenizer import encode_texts, load_tokenizer, special_token_ids
 
@@ -78,9 +71,7 @@ def test_packing_folder_of_txt_and_jsonl(tmp_path, shared_data, roberta):
     (corpus / "a.txt").write_text(texts[0], encoding="utf-8")
     (corpus / "sub" / "b.txt").write_text(texts[1], encoding="utf-8")
     lines = texts[2].split("\n\n")[:5]
-    (corpus / "c.jsonl").write_text(
-        "".join(json.dumps({"text": t}) + "\n" for t in lines), encoding="utf-8"
-    )
+    (corpus / "c.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in lines), encoding="utf-8")
     (corpus / "notes.md").write_text("not part of the corpus", encoding="utf-8")
     dataset = prepare_dataset(corpus, roberta, 32, cache_dir=tmp_path / "cache")
     # sorted paths: a.txt, c.jsonl (one document per record), sub/b.txt
@@ -90,9 +81,7 @@ def test_packing_folder_of_txt_and_jsonl(tmp_path, shared_data, roberta):
     np.testing.assert_array_equal(input_ids.reshape(-1), stream[: len(dataset) * 32])
     assert dataset.stats["documents"] == len(documents)
     ids = input_ids.reshape(-1)
-    assert (ids == 0).sum() == (ids == 2).sum() or abs(
-        int((ids == 0).sum() - (ids == 2).sum())
-    ) == 1
+    assert (ids == 0).sum() == (ids == 2).sum() or abs(int((ids == 0).sum() - (ids == 2).sum())) == 1
 
 
 def test_pieces_tokenise_like_the_whole_text(tmp_path, shared_data, roberta):
@@ -122,19 +111,11 @@ def test_cache_is_reused_and_keyed(tmp_path, roberta, shakespeare):
     stamps = [f.stat().st_mtime_ns for f in files]
     second = prepare_dataset(corpus, roberta, 64, cache_dir=tmp_path / "cache")
     assert second.directory == first.directory
-    assert [
-        f.stat().st_mtime_ns for f in sorted(second.directory.iterdir())
-    ] == stamps  # not rebuilt
+    assert [f.stat().st_mtime_ns for f in sorted(second.directory.iterdir())] == stamps  # not rebuilt
     np.testing.assert_array_equal(_all_records(first)[0], _all_records(second)[0])
-    assert (
-        prepare_dataset(corpus, roberta, 32, cache_dir=tmp_path / "cache").directory
-        != first.directory
-    )
+    assert prepare_dataset(corpus, roberta, 32, cache_dir=tmp_path / "cache").directory != first.directory
     corpus.write_text(shakespeare[:8001], encoding="utf-8")
-    assert (
-        prepare_dataset(corpus, roberta, 64, cache_dir=tmp_path / "cache").directory
-        != first.directory
-    )
+    assert prepare_dataset(corpus, roberta, 64, cache_dir=tmp_path / "cache").directory != first.directory
     assert len(list((tmp_path / "cache").glob("packed-*"))) == 3
 
 
@@ -142,11 +123,7 @@ def test_wikitext_folder_splits(tmp_path, shared_data, roberta):
     wiki = tmp_path / "wikitext"
     wiki.mkdir()
     for name in ("wiki.valid.raw", "wiki.test.raw"):
-        lines = (
-            (shared_data / "wikitext-2-raw" / name)
-            .read_text(encoding="utf-8")
-            .splitlines(keepends=True)
-        )
+        lines = (shared_data / "wikitext-2-raw" / name).read_text(encoding="utf-8").splitlines(keepends=True)
         (wiki / name).write_text("".join(lines[:300]), encoding="utf-8")
     valid = prepare_dataset(wiki, roberta, 128, cache_dir=tmp_path / "cache", split="validation")
     text = (wiki / "wiki.valid.raw").read_text(encoding="utf-8")
@@ -164,9 +141,7 @@ def test_prompt_response_records(tmp_path, roberta, shakespeare):
     turns = [t for t in shakespeare.split("\n\n") if t.strip()][:40]
     records = [{"prompt": turns[i], "response": turns[i + 1]} for i in range(0, 38, 2)]
     records.append({"prompt": "Who speaks?", "response": " ".join(turns[:10])})  # too long: cut
-    records.append(
-        {"prompt": " ".join(turns[:10]), "response": "Nobody."}
-    )  # prompt too long: skipped
+    records.append({"prompt": " ".join(turns[:10]), "response": "Nobody."})  # prompt too long: skipped
     path = tmp_path / "dialog.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     dataset = prepare_dataset(path, roberta, 96, cache_dir=tmp_path / "cache")
@@ -192,9 +167,7 @@ def _expected_pairs(tokenizer, records, seq_len):
             expected.append((head + response + padding, len(head)))
         else:
             truncated += 1
-            expected.append(
-                (head + response[: seq_len - len(head)], len(head))
-            )  # cut: no </s>, it did not end
+            expected.append((head + response[: seq_len - len(head)], len(head)))  # cut: no </s>, it did not end
     return expected, truncated, skipped
 
 
@@ -202,9 +175,7 @@ def _assert_pairs(dataset, expected, seq_len):
     assert len(dataset) == len(expected)
     for row, (input_ids, prompt_length) in enumerate(expected):
         np.testing.assert_array_equal(dataset[row]["input_ids"], input_ids)
-        np.testing.assert_array_equal(
-            dataset[row]["prompt_mask"], np.arange(seq_len) < prompt_length
-        )
+        np.testing.assert_array_equal(dataset[row]["prompt_mask"], np.arange(seq_len) < prompt_length)
 
 
 # A tokenizer's own truncation and padding (sentence-transformers' tokenizers ship both) must not
@@ -233,9 +204,7 @@ def _truncating(directory):
     return tokenizer
 
 
-def test_tokenizer_settings_never_change_plain_text(
-    tmp_path, roberta, truncating_roberta_dir, shakespeare
-):
+def test_tokenizer_settings_never_change_plain_text(tmp_path, roberta, truncating_roberta_dir, shakespeare):
     text = shakespeare[:150_000]  # three pieces of about 64K characters
     corpus = tmp_path / "play.txt"
     corpus.write_text(text, encoding="utf-8")
@@ -254,14 +223,9 @@ def test_tokenizer_settings_never_change_plain_text(
     assert len(list((tmp_path / "cache").glob("packed-*"))) == 1
 
 
-def test_tokenizer_settings_never_change_prompt_response(
-    tmp_path, roberta, truncating_roberta_dir, shakespeare
-):
+def test_tokenizer_settings_never_change_prompt_response(tmp_path, roberta, truncating_roberta_dir, shakespeare):
     turns = [t for t in shakespeare.split("\n\n") if t.strip()][:80]
-    records = [
-        {"prompt": turns[i], "response": "\n\n".join(turns[i + 1 : i + 2 + i % 10])}
-        for i in range(0, 78, 2)
-    ]
+    records = [{"prompt": turns[i], "response": "\n\n".join(turns[i + 1 : i + 2 + i % 10])} for i in range(0, 78, 2)]
     records.append({"prompt": "\n\n".join(turns[:12]), "response": "Nobody."})  # skipped
     path = tmp_path / "dialog.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
@@ -273,13 +237,7 @@ def test_tokenizer_settings_never_change_prompt_response(
     assert sum(n > 128 for n in responses) == 22 and (truncated, skipped) == (13, 1)
     assert sum(n > 128 and p + n + 3 <= 256 for p, n in zip(prompts, responses)) == 9
     tokens = sum(min(p + n + 3, 256) for p, n in zip(prompts, responses) if p + 2 < 256)
-    assert dataset.stats == {
-        "documents": 40,
-        "tokens": tokens,
-        "truncated": 13,
-        "skipped": 1,
-        "sequences": 39,
-    }
+    assert dataset.stats == {"documents": 40, "tokens": tokens, "truncated": 13, "skipped": 1, "sequences": 39}
     assert tokens == 6_937
     _assert_pairs(dataset, expected, 256)
 
@@ -334,8 +292,9 @@ def test_tokenizer_output_that_is_a_file(tmp_path, shakespeare, capsys):
         train_tokenizer(corpus, afile / "model", vocab_size=400)  # a workdir that is a file
     assert cli_main(["tokenizer", "train", "--data", str(corpus), "--out", str(afile)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].endswith(f"{afile} is a file, not a directory; "
-                                             "give the tokenizer a directory (another --out or workdir)")
+    assert len(err) == 1 and err[0].endswith(
+        f"{afile} is a file, not a directory; give the tokenizer a directory (another --out or workdir)"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "play.txt"]  # no *.tokenizer-tmp
     assert afile.read_text(encoding="utf-8") == "kept"
 
@@ -352,9 +311,7 @@ def test_bpe_mask_takes_the_spaces_before_it_like_roberta(tmp_path, roberta, sha
             # "of <mask>" is "of", "<mask>": no token of its own for the space
             expected = tokens[1] + [tokenizer.mask_token_id] + tokens[2]
             assert tokens[0] == expected and encode_texts(tokenizer, [text]) == [expected]
-    assert ours.convert_ids_to_tokens(ours("of <mask>", add_special_tokens=False)["input_ids"]) == [
-        "o", "f", "<mask>"
-    ]
+    assert ours.convert_ids_to_tokens(ours("of <mask>", add_special_tokens=False)["input_ids"]) == ["o", "f", "<mask>"]
 
 
 def test_packing_shows_a_progress_bar_on_a_terminal_only(tmp_path, roberta, shakespeare, capfd):
@@ -363,8 +320,7 @@ def test_packing_shows_a_progress_bar_on_a_terminal_only(tmp_path, roberta, shak
     with stderr_on_a_terminal() as terminal:
         prepare_dataset(corpus, roberta, 64, cache_dir=tmp_path / "cache")
     # the bar counts the bytes read, with the elapsed time and the time left
-    assert re.search(r"\rpacking train: 100%\|█+\| 20\.0k/20\.0k \[\d\d:\d\d<\d\d:\d\d, ",
-                     terminal.text)
+    assert re.search(r"\rpacking train: 100%\|█+\| 20\.0k/20\.0k \[\d\d:\d\d<\d\d:\d\d, ", terminal.text)
     prepare_dataset(corpus, roberta, 32, cache_dir=tmp_path / "cache")  # packs again: a new length
     assert "packing train" not in capfd.readouterr().err
 
@@ -401,20 +357,12 @@ def test_tfds_catalog_dataset_read_back(tmp_path, monkeypatch, roberta, shakespe
             yield 0, {"text": text}
 
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
-    PreparedTinyShakespeare(
-        data_dir=tmp_path / "tfds", file_format="array_record"
-    ).download_and_prepare()
-    dataset = prepare_dataset(
-        "tfds:tiny_shakespeare:test", roberta, 64, cache_dir=tmp_path / "cache"
-    )
+    PreparedTinyShakespeare(data_dir=tmp_path / "tfds", file_format="array_record").download_and_prepare()
+    dataset = prepare_dataset("tfds:tiny_shakespeare:test", roberta, 64, cache_dir=tmp_path / "cache")
     stream = [0, *_encode(roberta, shakespeare[5000:9000]), 2]
-    np.testing.assert_array_equal(
-        _all_records(dataset)[0].reshape(-1), stream[: len(dataset) * 64]
-    )
+    np.testing.assert_array_equal(_all_records(dataset)[0].reshape(-1), stream[: len(dataset) * 64])
     with pytest.raises(UserError, match="has no split 'validation'; it has train, test"):
-        prepare_dataset(
-            "tfds:tiny_shakespeare", roberta, 64, cache_dir=tmp_path / "cache", split="validation"
-        )
+        prepare_dataset("tfds:tiny_shakespeare", roberta, 64, cache_dir=tmp_path / "cache", split="validation")
 
 
 @pytest.fixture(scope="module")
@@ -440,13 +388,9 @@ def test_batch_order_is_a_deterministic_permutation_per_epoch(packed):
         assert len(set(order)) == len(order) == (len(packed) // 16) * 16
     assert epochs[0] != epochs[1]
     again = BatchIterator(packed, 16, seed=3)
-    assert [index_of[r.tobytes()] for b in _take(again, 3) for r in b["input_ids"]] == epochs[0][
-        :48
-    ]
+    assert [index_of[r.tobytes()] for b in _take(again, 3) for r in b["input_ids"]] == epochs[0][:48]
     other = BatchIterator(packed, 16, seed=4)
-    assert [index_of[r.tobytes()] for b in _take(other, 3) for r in b["input_ids"]] != epochs[0][
-        :48
-    ]
+    assert [index_of[r.tobytes()] for b in _take(other, 3) for r in b["input_ids"]] != epochs[0][:48]
     batch = next(again)
     assert batch["input_ids"].shape == (16, 32) and batch["input_ids"].dtype == np.int32
     assert batch["prompt_mask"].dtype == np.bool_
@@ -486,12 +430,7 @@ def test_train_tokenizer_round_trip(tmp_path, shared_data, shakespeare):
     loaded = AutoTokenizer.from_pretrained(tmp_path / "tok")
     assert len(loaded) == len(tokenizer) == 1000
     assert [loaded.convert_tokens_to_ids(t) for t in data.SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
-    assert (
-        loaded.bos_token_id,
-        loaded.pad_token_id,
-        loaded.eos_token_id,
-        loaded.mask_token_id,
-    ) == (0, 1, 2, 4)
+    assert (loaded.bos_token_id, loaded.pad_token_id, loaded.eos_token_id, loaded.mask_token_id) == (0, 1, 2, 4)
     unseen = (shared_data / "gutenberg" / "austen-emma.txt").read_text(encoding="utf-8")[:2000]
     ids = loaded(unseen)["input_ids"]
     assert ids[0] == 0 and ids[-1] == 2 and loaded.decode(ids[1:-1]) == unseen
@@ -503,28 +442,11 @@ def test_tokenizer_cli(tmp_path, shakespeare, capsys):
     corpus = tmp_path / "play.txt"
     corpus.write_text(shakespeare[:50_000], encoding="utf-8")
     out = tmp_path / "tok"
-    assert (
-        cli_main(
-            ["tokenizer", "train", "--data", str(corpus), "--out", str(out), "--vocab-size", "500"]
-        )
-        == 0
-    )
+    assert cli_main(["tokenizer", "train", "--data", str(corpus), "--out", str(out), "--vocab-size", "500"]) == 0
     assert "500-token byte-level BPE" in capsys.readouterr().out
     assert load_tokenizer(out).mask_token == "<mask>"
     assert cli_main(["tokenizer", "train", "--data", str(corpus), "--out", str(out)]) == 2
-    assert (
-        cli_main(
-            [
-                "tokenizer",
-                "train",
-                "--data",
-                str(tmp_path / "nope.txt"),
-                "--out",
-                str(tmp_path / "t2"),
-            ]
-        )
-        == 2
-    )
+    assert cli_main(["tokenizer", "train", "--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "t2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "already holds a tokenizer" in err[0] and "does not exist" in err[1]
 
@@ -539,10 +461,7 @@ def test_default_corpus_is_cached(stdlib_corpus):
     assert 500_000 < len(text) < 5_000_000
     assert "JSON (JavaScript Object Notation)" in text  # the json module's docstring
     stamp = stdlib_corpus.stat().st_mtime_ns
-    assert (
-        default_corpus(stdlib_corpus.parent) == stdlib_corpus
-        and stdlib_corpus.stat().st_mtime_ns == stamp
-    )
+    assert default_corpus(stdlib_corpus.parent) == stdlib_corpus and stdlib_corpus.stat().st_mtime_ns == stamp
 
 
 @pytest.mark.slow  # a second walk over the standard library: ~5-10 s on 2 busy cores
@@ -566,34 +485,20 @@ def test_bad_input_messages(tmp_path, roberta, shakespeare, monkeypatch):
     latin = shakespeare[:1000] + "Cæsar" + shakespeare[1000:2000]
     (tmp_path / "latin1.txt").write_bytes(latin.encode("latin-1"))
     offset = len(shakespeare[:1000].encode()) + 1
-    fails(
-        tmp_path / "latin1.txt",
-        rf"latin1.txt is not UTF-8 text \(bad byte at offset {offset}\); re-encode",
-    )
+    fails(tmp_path / "latin1.txt", rf"latin1.txt is not UTF-8 text \(bad byte at offset {offset}\); re-encode")
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"txt": "no"}\n', encoding="utf-8")
     fails(tmp_path / "bad.jsonl", r'bad.jsonl:2: a JSONL record needs a "text" string')
-    (tmp_path / "mixed.jsonl").write_text(
-        '{"text": "a"}\n{"prompt": "b", "response": "c"}\n', encoding="utf-8"
-    )
+    (tmp_path / "mixed.jsonl").write_text('{"text": "a"}\n{"prompt": "b", "response": "c"}\n', encoding="utf-8")
     fails(tmp_path / "mixed.jsonl", "mixes plain text and prompt/response")
     (tmp_path / "short.txt").write_text(shakespeare[:100], encoding="utf-8")
     fails(tmp_path / "short.txt", "gives no sequence of 64 tokens", seq_len=64)
-    fails(
-        "tfds:tiny_shakspeare",
-        "no TFDS dataset named 'tiny_shakspeare'; did you mean tfds:tiny_shakespeare",
-    )
+    fails("tfds:tiny_shakspeare", "no TFDS dataset named 'tiny_shakspeare'; did you mean tfds:tiny_shakespeare")
     fails("tfds:wiki40b/klingon", "tfds:wiki40b has no config 'klingon'; try tfds:wiki40b/")
-    if (
-        not tfds_source._online()
-    ):  # existing but not downloaded (on a connected machine it would download)
+    if not tfds_source._online():  # existing but not downloaded (on a connected machine it would download)
         monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
         fails("tfds:lm1b", "tfds:lm1b is not downloaded in .* and this machine is offline")
     (tmp_path / "small.txt").write_text(shakespeare[:3000], encoding="utf-8")
     small = prepare_dataset(tmp_path / "small.txt", roberta, 64, cache_dir=cache)
-    with pytest.raises(
-        UserError, match=f"corpus has {len(small)} sequences of 64 tokens but one batch needs 64"
-    ):
+    with pytest.raises(UserError, match=f"corpus has {len(small)} sequences of 64 tokens but one batch needs 64"):
         BatchIterator(small, 64, seed=0)
-    assert not list(
-        cache.glob("packed-*/dlm_packed_text/incomplete*")
-    )  # failed builds leave nothing
+    assert not list(cache.glob("packed-*/dlm_packed_text/incomplete*"))  # failed builds leave nothing

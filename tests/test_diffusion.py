@@ -18,9 +18,7 @@ VOCAB = 1000
 
 def corrupt_fn(objective):
     return jax.jit(
-        lambda key, ids, eligible: d.corrupt(
-            key, ids, eligible, objective, mask_token_id=MASK, vocab_size=VOCAB
-        )
+        lambda key, ids, eligible: d.corrupt(key, ids, eligible, objective, mask_token_id=MASK, vocab_size=VOCAB)
     )
 
 
@@ -29,8 +27,13 @@ def token_ce(logits, ids, corruption):
     features and the decoder is the identity (exact in float32 at the tests' precision)."""
     vocab = logits.shape[-1]
     _, ce, correct = ops.vocab_cross_entropy(
-        jnp.asarray(logits), jnp.eye(vocab), jnp.zeros(vocab), jnp.asarray(ids),
-        jnp.asarray(corruption.weights), dtype=jnp.float32, chunk_size=16,
+        jnp.asarray(logits),
+        jnp.eye(vocab),
+        jnp.zeros(vocab),
+        jnp.asarray(ids),
+        jnp.asarray(corruption.weights),
+        dtype=jnp.float32,
+        chunk_size=16,
     )
     return ce, correct
 
@@ -74,9 +77,7 @@ def eligible_reference(ids, prompt, prefix_len):
 
 
 def eligible_of(ids, prompt, prefix_len=0):
-    return d.eligible_positions(
-        ids, prompt, pad_id=PAD, special_ids=SPECIALS, prefix_len=prefix_len
-    )
+    return d.eligible_positions(ids, prompt, pad_id=PAD, special_ids=SPECIALS, prefix_len=prefix_len)
 
 
 def count_reference(ratio, n):
@@ -95,8 +96,7 @@ def test_eligible_positions_match_reference(prefix_len):
     rng = np.random.default_rng(prefix_len)
     ids, prompt = random_batch(rng, 16, 48)
     np.testing.assert_array_equal(
-        np.asarray(eligible_of(ids, prompt, prefix_len)),
-        eligible_reference(ids, prompt, prefix_len),
+        np.asarray(eligible_of(ids, prompt, prefix_len)), eligible_reference(ids, prompt, prefix_len)
     )
 
 
@@ -111,9 +111,7 @@ def test_prompt_response_eos_padding_is_eligible_and_prompt_never():
     )
     everything = corrupt_fn(d.ObjectiveConfig(ratios=(1.0,)))(jax.random.key(0), ids, eligible)
     np.testing.assert_array_equal(np.asarray(everything.target_mask), eligible)
-    np.testing.assert_array_equal(
-        np.asarray(everything.input_ids)[0], [BOS, 11, 12, 13] + [MASK] * 6
-    )
+    np.testing.assert_array_equal(np.asarray(everything.input_ids)[0], [BOS, 11, 12, 13] + [MASK] * 6)
 
 
 @pytest.mark.parametrize("name", d.OBJECTIVES)
@@ -127,9 +125,7 @@ def test_masks_stay_on_eligible_positions_and_every_row_gets_one(name):
         c = jax.tree.map(np.asarray, corrupt(jax.random.key(trial), ids, eligible))
         assert not (c.target_mask & ~eligible).any()
         assert not ((c.input_ids != ids) & ~c.target_mask).any()  # only scored tokens change
-        np.testing.assert_array_equal(
-            c.target_mask.any(1), eligible.any(1)
-        )  # >= 1 per row with any
+        np.testing.assert_array_equal(c.target_mask.any(1), eligible.any(1))  # >= 1 per row with any
         assert not (c.weights[~c.target_mask]).any() and (c.weights[c.target_mask] >= 1).all()
         assert not (c.input_ids[:, : objective.prefix_len] != ids[:, : objective.prefix_len]).any()
         assert not (c.target_mask & prompt).any()
@@ -142,9 +138,7 @@ def test_exactly_round_ratio_times_eligible_tokens_are_masked(name):
     eligible = np.asarray(eligible_of(ids, prompt, 2))
     n = eligible.sum(1)
     for ratios in [(0.05, 0.15, 0.7), d.DEFAULT_RATIOS]:
-        c = corrupt_fn(d.ObjectiveConfig(name=name, ratios=ratios))(
-            jax.random.key(3), ids, eligible
-        )
+        c = corrupt_fn(d.ObjectiveConfig(name=name, ratios=ratios))(jax.random.key(3), ids, eligible)
         ratio = np.asarray(c.ratio)
         assert set(ratio.tolist()) <= {float(np.float32(r)) for r in ratios}
         np.testing.assert_array_equal(np.asarray(c.target_mask).sum(1), count_reference(ratio, n))
@@ -153,9 +147,7 @@ def test_exactly_round_ratio_times_eligible_tokens_are_masked(name):
 
 def test_ratios_are_drawn_uniformly_from_the_set():
     ids = np.full((4000, 8), 7, np.int32)
-    c = corrupt_fn(d.ObjectiveConfig(ratios=(0.2, 0.5, 0.9)))(
-        jax.random.key(4), ids, np.ones_like(ids, bool)
-    )
+    c = corrupt_fn(d.ObjectiveConfig(ratios=(0.2, 0.5, 0.9)))(jax.random.key(4), ids, np.ones_like(ids, bool))
     counts = np.array([(np.asarray(c.ratio) == np.float32(r)).sum() for r in (0.2, 0.5, 0.9)])
     assert counts.sum() == 4000
     assert np.all(np.abs(counts / 4000 - 1 / 3) < 5 * math.sqrt(2 / 9 / 4000))
@@ -167,22 +159,16 @@ def test_elbo_times_are_stratified_and_mask_at_rate_t():
     for seed in range(5):
         c = jax.tree.map(
             np.asarray,
-            corrupt_fn(d.ObjectiveConfig(name="elbo", eps=eps))(
-                jax.random.key(seed), ids, np.ones_like(ids, bool)
-            ),
+            corrupt_fn(d.ObjectiveConfig(name="elbo", eps=eps))(jax.random.key(seed), ids, np.ones_like(ids, bool)),
         )
         t = c.ratio
         assert ((t > eps) & (t <= 1)).all()
-        stratum = np.floor((1 - t) / (1 - eps) * batch).astype(
-            int
-        )  # stratum i: (1-eps)(i/B) <= 1-t < ...
+        stratum = np.floor((1 - t) / (1 - eps) * batch).astype(int)  # stratum i: (1-eps)(i/B) <= 1-t < ...
         np.testing.assert_array_equal(np.sort(stratum), np.arange(batch))
         rate = c.target_mask.mean(1)
         tolerance = 5 * np.sqrt(t * (1 - t) / length) + 1 / length  # + the forced token
         assert (np.abs(rate - t) <= tolerance).all(), (rate, t)
-        np.testing.assert_allclose(
-            c.weights[c.target_mask], np.repeat(1 / t, c.target_mask.sum(1)), rtol=1e-6
-        )
+        np.testing.assert_allclose(c.weights[c.target_mask], np.repeat(1 / t, c.target_mask.sum(1)), rtol=1e-6)
 
 
 def test_elbo_loss_weights_one_over_t_hand_computed():
@@ -195,17 +181,12 @@ def test_elbo_loss_weights_one_over_t_hand_computed():
     target = np.array([[1, 0, 1, 0], [0, 0, 1, 0]], bool)
     t = np.array([0.5, 0.25], np.float32)
     corruption = d.Corruption(
-        np.where(target, MASK, ids),
-        target,
-        np.where(target, 1 / t[:, None], 0).astype(np.float32),
-        t,
+        np.where(target, MASK, ids), target, np.where(target, 1 / t[:, None], 0).astype(np.float32), t
     )
     numerator, denominator, metrics = d.loss_terms(
         *token_ce(logits, ids, corruption), eligible, corruption, d.ObjectiveConfig(name="elbo")
     )
-    np.testing.assert_allclose(
-        np.asarray(numerator), [2 * math.log(3) / 0.5, math.log(2) / 0.25], rtol=1e-6
-    )
+    np.testing.assert_allclose(np.asarray(numerator), [2 * math.log(3) / 0.5, math.log(2) / 0.25], rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(denominator), [3, 4])
     loss = float(numerator.sum() / denominator.sum())
     assert loss == pytest.approx((4 * math.log(3) + 4 * math.log(2)) / 7, rel=1e-6)
@@ -218,17 +199,11 @@ def test_elbo_loss_weights_one_over_t_hand_computed():
     ids = rng.integers(5, 50, (8, 12)).astype(np.int32)
     eligible = rng.random((8, 12)) < 0.8
     logits = rng.normal(size=(8, 12, 50)).astype(np.float32)
-    c = jax.tree.map(
-        np.asarray, corrupt_fn(d.ObjectiveConfig(name="elbo"))(jax.random.key(6), ids, eligible)
-    )
-    numerator, denominator, _ = d.loss_terms(
-        *token_ce(logits, ids, c), eligible, c, d.ObjectiveConfig(name="elbo")
-    )
+    c = jax.tree.map(np.asarray, corrupt_fn(d.ObjectiveConfig(name="elbo"))(jax.random.key(6), ids, eligible))
+    numerator, denominator, _ = d.loss_terms(*token_ce(logits, ids, c), eligible, c, d.ObjectiveConfig(name="elbo"))
     log_z = np.log(np.exp(logits.astype(np.float64)).sum(-1))
     ce = log_z - np.take_along_axis(logits, ids[..., None], -1)[..., 0]
-    np.testing.assert_allclose(
-        np.asarray(numerator), (ce * c.target_mask / c.ratio[:, None]).sum(1), rtol=1e-5
-    )
+    np.testing.assert_allclose(np.asarray(numerator), (ce * c.target_mask / c.ratio[:, None]).sum(1), rtol=1e-5)
     np.testing.assert_array_equal(np.asarray(denominator), eligible.sum(1))
 
 
@@ -238,9 +213,7 @@ def test_unforced_elbo_is_an_unbiased_estimate_of_the_nll():
     batch, length, vocab = 8, 32, 20
     ids = rng.integers(0, vocab, (batch, length)).astype(np.int32)
     eligible = rng.random((batch, length)) < 0.9
-    logits = jnp.asarray(
-        np.broadcast_to(rng.normal(size=vocab) * 2, (batch, length, vocab)), jnp.float32
-    )
+    logits = jnp.asarray(np.broadcast_to(rng.normal(size=vocab) * 2, (batch, length, vocab)), jnp.float32)
     objective = d.ObjectiveConfig(name="elbo")
 
     def estimate(key):
@@ -262,9 +235,7 @@ def test_bert_selects_fifteen_percent_with_80_10_10():
     ids = rng.integers(5, VOCAB, (batch, length)).astype(np.int32)
     eligible = np.ones_like(ids, bool)
     eligible[:, :5] = False
-    c = jax.tree.map(
-        np.asarray, corrupt_fn(d.ObjectiveConfig(name="bert"))(jax.random.key(10), ids, eligible)
-    )
+    c = jax.tree.map(np.asarray, corrupt_fn(d.ObjectiveConfig(name="bert"))(jax.random.key(10), ids, eligible))
     np.testing.assert_array_equal(c.target_mask.sum(1), count_reference(0.15, eligible.sum(1)))
     np.testing.assert_array_equal(c.weights, c.target_mask.astype(np.float32))
     selected = c.target_mask.sum()
@@ -299,9 +270,7 @@ def test_span_masks_are_geometric_runs_with_the_drawn_total():
     )
     assert all((runs(row) == 1).all() for row in singles)
     full = np.asarray(
-        corrupt_fn(d.ObjectiveConfig(name="span", ratios=(1.0,)))(
-            jax.random.key(13), ids, eligible
-        ).target_mask
+        corrupt_fn(d.ObjectiveConfig(name="span", ratios=(1.0,)))(jax.random.key(13), ids, eligible).target_mask
     )
     assert full.all()
 
@@ -311,9 +280,7 @@ def test_span_runs_skip_ineligible_positions():
     rng = np.random.default_rng(14)
     ids, prompt = random_batch(rng, 32, 64)
     eligible = np.asarray(eligible_of(ids, prompt, 3))
-    c = corrupt_fn(d.ObjectiveConfig(name="span", span_mean_length=4.0))(
-        jax.random.key(15), ids, eligible
-    )
+    c = corrupt_fn(d.ObjectiveConfig(name="span", span_mean_length=4.0))(jax.random.key(15), ids, eligible)
     mask = np.asarray(c.target_mask)
     assert not (mask & ~eligible).any()
     for row_mask, row_eligible in zip(mask, eligible):
@@ -327,10 +294,7 @@ def test_deterministic_under_a_key(name):
     ids, prompt = random_batch(rng, 8, 32)
     eligible = eligible_of(ids, prompt, 1)
     corrupt = corrupt_fn(d.ObjectiveConfig(name=name))
-    first, again = (
-        corrupt(jax.random.key(17), ids, eligible),
-        corrupt(jax.random.key(17), ids, eligible),
-    )
+    first, again = (corrupt(jax.random.key(17), ids, eligible), corrupt(jax.random.key(17), ids, eligible))
     for a, b in zip(first, again):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     other = corrupt(jax.random.key(18), ids, eligible)
@@ -363,16 +327,12 @@ def test_loss_terms_metrics_match_numpy():
         ("bucket_correct", correct.sum(1)),
         ("bucket_tokens", c.target_mask.sum(1)),
     ]:
-        np.testing.assert_allclose(
-            np.asarray(metrics[name]), np.bincount(bucket, per_row, d.NUM_BUCKETS), rtol=1e-5
-        )
+        np.testing.assert_allclose(np.asarray(metrics[name]), np.bincount(bucket, per_row, d.NUM_BUCKETS), rtol=1e-5)
 
 
 def test_ratio_buckets_are_right_closed_tenths():
     ratios = [1e-3, 0.1, 0.1001, 0.2, 0.3, 0.3001, 0.7, 0.95, 1.0]
-    np.testing.assert_array_equal(
-        np.asarray(d.ratio_bucket(jnp.asarray(ratios))), [0, 0, 1, 1, 2, 3, 6, 9, 9]
-    )
+    np.testing.assert_array_equal(np.asarray(d.ratio_bucket(jnp.asarray(ratios))), [0, 0, 1, 1, 2, 3, 6, 9, 9])
 
 
 def test_nelbo_summary():
@@ -389,9 +349,7 @@ def test_nelbo_summary():
 
 def test_objective_config_validates_and_is_hashable():
     objective = d.ObjectiveConfig(name="span", ratios=[0.5, 1])
-    assert objective.ratios == (0.5, 1.0) and hash(objective) == hash(
-        d.ObjectiveConfig(name="span", ratios=(0.5, 1.0))
-    )
+    assert objective.ratios == (0.5, 1.0) and hash(objective) == hash(d.ObjectiveConfig(name="span", ratios=(0.5, 1.0)))
     for bad in [
         {"name": "mlm"},
         {"ratios": ()},

@@ -17,9 +17,17 @@ from dlm_jax.models.config import EncoderConfig
 from dlm_jax.models.params import new_encoder
 
 TINY = EncoderConfig(
-    model_type="roberta", vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-    intermediate_size=32, max_position_embeddings=34, pad_token_id=1, mask_token_id=39,
-    bos_token_id=0, eos_token_id=2,
+    model_type="roberta",
+    vocab_size=40,
+    hidden_size=16,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=32,
+    max_position_embeddings=34,
+    pad_token_id=1,
+    mask_token_id=39,
+    bos_token_id=0,
+    eos_token_id=2,
 )
 SEQ_LEN = 12
 
@@ -138,8 +146,9 @@ def reference_draws(seed, index, ids, num_samples, eps=1e-3):
     t = diffusion.stratified_times(key_t, num_samples, eps)
     eligible = np.isin(ids, TINY.special_token_ids, invert=True)
     copies = lambda x: np.broadcast_to(x, (num_samples,) + x.shape)
-    draw = diffusion.mask_at_times(key_mask, copies(ids), copies(eligible), t,
-                                   mask_token_id=TINY.mask_token_id, force_one=False)
+    draw = diffusion.mask_at_times(
+        key_mask, copies(ids), copies(eligible), t, mask_token_id=TINY.mask_token_id, force_one=False
+    )
     return np.asarray(draw.input_ids), np.asarray(draw.target_mask), np.asarray(t, np.float64), eligible
 
 
@@ -180,7 +189,10 @@ def test_nelbo_equals_numpy_reference(encoder):
     # The same numbers whatever the batch size (keys belong to sequences); another seed differs.
     assert evaluate.nelbo(encoder, records, num_samples=4, batch_size=5, seed=3)["numerators"] == got["numerators"]
     assert evaluate.nelbo(encoder, records, num_samples=4, batch_size=2, seed=4)["numerators"] != got["numerators"]
-    assert evaluate.nelbo(encoder, records, num_samples=4, batch_size=2, seed=3, max_sequences=3)["numerators"] == got["numerators"][:3]
+    assert (
+        evaluate.nelbo(encoder, records, num_samples=4, batch_size=2, seed=3, max_sequences=3)["numerators"]
+        == got["numerators"][:3]
+    )
 
 
 def test_uniform_model_nelbo_is_log_vocab():
@@ -243,8 +255,26 @@ def held_out_text(tmp_path_factory, shared_data):
 def run_eval(capsys, *args):
     from dlm_jax.cli import main
 
-    status = main(["eval", "--seq-len", "32", "--batch-size", "4", "--nelbo-samples", "2", "--samples", "2",
-                   "--prompt-len", "8", "--gen-length", "8", "--steps", "4", *map(str, args)])
+    status = main(
+        [
+            "eval",
+            "--seq-len",
+            "32",
+            "--batch-size",
+            "4",
+            "--nelbo-samples",
+            "2",
+            "--samples",
+            "2",
+            "--prompt-len",
+            "8",
+            "--gen-length",
+            "8",
+            "--steps",
+            "4",
+            *map(str, args),
+        ]
+    )
     out, err = capsys.readouterr()
     return status, out, err
 
@@ -252,8 +282,20 @@ def run_eval(capsys, *args):
 def test_cli_json_last_line(capsys, tmp_path, hf_roberta, held_out_text, gpt2_judge):
     from dlm_jax.cli.evaluate import table
 
-    status, out, _ = run_eval(capsys, "--checkpoint", hf_roberta, "--data", held_out_text, "--judge", gpt2_judge,
-                              "--max-sequences", "6", "--cache-dir", tmp_path, "--json")
+    status, out, _ = run_eval(
+        capsys,
+        "--checkpoint",
+        hf_roberta,
+        "--data",
+        held_out_text,
+        "--judge",
+        gpt2_judge,
+        "--max-sequences",
+        "6",
+        "--cache-dir",
+        tmp_path,
+        "--json",
+    )
     assert status == 0
     result = json.loads(out.strip().splitlines()[-1])
     assert result["num_sequences"] == 6 and result["split"] == "train"
@@ -291,8 +333,9 @@ def test_cli_bad_input_is_one_line(capsys, tmp_path, hf_roberta, held_out_text):
     assert status == 2 and "gives no sequence of 32 tokens" in one_error_line(err)
 
     bert = tmp_path / "bert"
-    BertForMaskedLM(BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=16)).save_pretrained(bert)
+    BertForMaskedLM(
+        BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+    ).save_pretrained(bert)
     for judge, problem in ((bert, "not a causal language model"), (tmp_path / "empty", "has no config.json")):
         status, _, err = run_eval(capsys, "--checkpoint", hf_roberta, "--data", held_out_text, "--judge", judge)
         assert status == 2 and problem in one_error_line(err)
@@ -344,9 +387,12 @@ def workdir(tmp_path_factory, shared_data):
     corpus = shared_data / "tinyshakespeare" / "input.txt"
     tokenizer = tmp_path_factory.mktemp("tokenizer")
     train_tokenizer(corpus, tokenizer, vocab_size=512)
-    config = resolve_config("tiny", (f"tokenizer={tokenizer}", "seq_len=32", "batch_size=8",
-                                     "checkpoint_every=1", "log_every=1", "warmup_steps=1"),
-                            data=str(corpus), steps=2)
+    config = resolve_config(
+        "tiny",
+        (f"tokenizer={tokenizer}", "seq_len=32", "batch_size=8", "checkpoint_every=1", "log_every=1", "warmup_steps=1"),
+        data=str(corpus),
+        steps=2,
+    )
     directory = tmp_path_factory.mktemp("run") / "workdir"
     train(config, directory)
     return directory
@@ -388,4 +434,5 @@ def test_judge_ignores_its_tokenizers_truncation_and_padding(tmp_path, gpt2_judg
     backend.enable_padding(length=16, pad_id=0, pad_token="!")
     backend.save(str(judge / "tokenizer.json"))
     assert evaluate.generative_perplexity(texts, judge, contexts=contexts) == evaluate.generative_perplexity(
-        texts, gpt2_judge, contexts=contexts)
+        texts, gpt2_judge, contexts=contexts
+    )

@@ -96,8 +96,20 @@ def test_roberta_diffusion_recipe(tmp_path, wikitext, capsys, monkeypatch):
     report = dlm_jax(*convert, capsys=capsys)
     assert "MLM head converted from the checkpoint" in report
     # Later flags win: 3 steps of 8 x 64 tokens instead of 30000 of 32 x 256.
-    dlm_jax(*train, "--steps", 3, "--set", "seq_len=64", "--set", "batch_size=8", "--set", "warmup_steps=1",
-            "--set", "log_every=1", capsys=capsys)
+    dlm_jax(
+        *train,
+        "--steps",
+        3,
+        "--set",
+        "seq_len=64",
+        "--set",
+        "batch_size=8",
+        "--set",
+        "warmup_steps=1",
+        "--set",
+        "log_every=1",
+        capsys=capsys,
+    )
     workdir = Path(train[train.index("--workdir") + 1])
     logged = metrics(workdir)
     assert [m["step"] for m in logged] == [1, 2, 3]
@@ -119,8 +131,9 @@ def test_roberta_diffusion_recipe(tmp_path, wikitext, capsys, monkeypatch):
         gen_length = int(command[command.index("--gen-length") + 1])
         assert len(row["ids"]) == gen_length and after.config.mask_token_id not in row["ids"]
 
-    out = dlm_jax(*evaluate, "--seq-len", 64, "--max-sequences", 8, "--nelbo-samples", 2, "--samples", 0, "--json",
-                  capsys=capsys)
+    out = dlm_jax(
+        *evaluate, "--seq-len", 64, "--max-sequences", 8, "--nelbo-samples", 2, "--samples", 0, "--json", capsys=capsys
+    )
     result = json.loads(out.strip().splitlines()[-1])
     assert result["split"] == "test" and result["num_sequences"] == 8
     assert np.isfinite(result["nelbo_bits_per_token"]) and len(result["accuracy_by_ratio"]) == 10
@@ -163,20 +176,56 @@ def test_fsdp_mesh_trains_like_one_device(tmp_path, text_slice, capsys):
     """The guide's 2 x 4 (data x fsdp) mesh on the 8 simulated devices: parameters really
     sharded, and the same losses as one device (the loss is a global-batch quantity)."""
     assert jax.device_count() == 8
-    shrink = ["--set", "model.hidden_size=32", "--set", "model.num_hidden_layers=2",
-              "--set", "model.num_attention_heads=2", "--set", "model.intermediate_size=64",
-              "--set", "model.max_position_embeddings=64", "--set", "seq_len=32",
-              "--set", "batch_size=16", "--set", "tokenizer_vocab_size=512", "--set", "dtype=float32",
-              "--set", "warmup_steps=1", "--set", "log_every=1", "--set", "checkpoint_every=2"]
+    shrink = [
+        "--set",
+        "model.hidden_size=32",
+        "--set",
+        "model.num_hidden_layers=2",
+        "--set",
+        "model.num_attention_heads=2",
+        "--set",
+        "model.intermediate_size=64",
+        "--set",
+        "model.max_position_embeddings=64",
+        "--set",
+        "seq_len=32",
+        "--set",
+        "batch_size=16",
+        "--set",
+        "tokenizer_vocab_size=512",
+        "--set",
+        "dtype=float32",
+        "--set",
+        "warmup_steps=1",
+        "--set",
+        "log_every=1",
+        "--set",
+        "checkpoint_every=2",
+    ]
     losses = {}
     for mesh in ("2,4", "1,1"):
         data, fsdp = mesh.split(",")
         workdir = tmp_path / f"mesh{data}x{fsdp}"
         if losses:  # the same tokenizer for both runs
             shrink += ["--set", f"tokenizer={tmp_path / 'mesh2x4' / 'model'}"]
-        out = dlm_jax("train", "--config", "bert_base", "--workdir", workdir, "--data", text_slice,
-                      "--steps", 2, "--set", f"mesh.data={data}", "--set", f"mesh.fsdp={fsdp}", *shrink,
-                      capsys=capsys, stream="stderr")
+        out = dlm_jax(
+            "train",
+            "--config",
+            "bert_base",
+            "--workdir",
+            workdir,
+            "--data",
+            text_slice,
+            "--steps",
+            2,
+            "--set",
+            f"mesh.data={data}",
+            "--set",
+            f"mesh.fsdp={fsdp}",
+            *shrink,
+            capsys=capsys,
+            stream="stderr",
+        )
         assert f"{{'data': {data}, 'fsdp': {fsdp}}}" in out
         losses[mesh] = [m["loss"] for m in metrics(workdir)]
         assert (workdir / "checkpoints" / "2").is_dir()
@@ -186,8 +235,9 @@ def test_fsdp_mesh_trains_like_one_device(tmp_path, text_slice, capsys):
     from dlm_jax.train.mesh import make_mesh, spec_for
 
     mesh = make_mesh(2, 4)
-    assert spec_for("layers/0/attention/query/kernel", (32, 32), DEFAULT_SHARDING_RULES, mesh) == \
-        jax.sharding.PartitionSpec("fsdp", None)
+    assert spec_for(
+        "layers/0/attention/query/kernel", (32, 32), DEFAULT_SHARDING_RULES, mesh
+    ) == jax.sharding.PartitionSpec("fsdp", None)
 
 
 # ------------------------------------------------------------------ (c) export_to_hf.md
@@ -199,20 +249,41 @@ def test_export_and_pytorch_unmasking(tmp_path, text_slice, capsys, monkeypatch)
     from dlm_jax import load
 
     monkeypatch.chdir(tmp_path)  # the guide's relative paths: runs/tiny, hf/tiny-diffusion
-    dlm_jax("train", "--config", "tiny", "--workdir", "runs/tiny", "--data", text_slice, "--steps", 30,
-            "--set", "batch_size=16", "--set", "checkpoint_every=15", capsys=capsys)
-    exports = [line.split() for block in code_blocks("export_to_hf.md", "bash") for line in block.splitlines()
-               if line.startswith("dlm-jax export")]
+    dlm_jax(
+        "train",
+        "--config",
+        "tiny",
+        "--workdir",
+        "runs/tiny",
+        "--data",
+        text_slice,
+        "--steps",
+        30,
+        "--set",
+        "batch_size=16",
+        "--set",
+        "checkpoint_every=15",
+        capsys=capsys,
+    )
+    exports = [
+        line.split()
+        for block in code_blocks("export_to_hf.md", "bash")
+        for line in block.splitlines()
+        if line.startswith("dlm-jax export")
+    ]
     assert len(exports) == 2
     for command in exports:  # both export lines of the guide, comments dropped
-        argv = command[1:command.index("#")] if "#" in command else command[1:]
+        argv = command[1 : command.index("#")] if "#" in command else command[1:]
         # This run is 30 steps, not the preset's 200: its checkpoints are 15 and 30, not 100 and 200.
-        dlm_jax(*["15" if a == "100" and argv[i - 1] == "--step" else a for i, a in enumerate(argv)],
-                capsys=capsys)
+        dlm_jax(*["15" if a == "100" and argv[i - 1] == "--step" else a for i, a in enumerate(argv)], capsys=capsys)
     hf_dir = Path("hf/tiny-diffusion")
     assert (hf_dir / "model.safetensors").is_file() and (Path("hf/tiny-diffusion-100") / "config.json").is_file()
-    assert not np.array_equal(*(AutoModelForMaskedLM.from_pretrained(d).get_input_embeddings()
-                                .weight.detach().numpy() for d in (hf_dir, "hf/tiny-diffusion-100")))
+    assert not np.array_equal(
+        *(
+            AutoModelForMaskedLM.from_pretrained(d).get_input_embeddings().weight.detach().numpy()
+            for d in (hf_dir, "hf/tiny-diffusion-100")
+        )
+    )
 
     # The logits of the guide's PyTorch lines equal ours.
     load_block, sample_block = code_blocks("export_to_hf.md", "python")
@@ -227,8 +298,19 @@ def test_export_and_pytorch_unmasking(tmp_path, text_slice, capsys, monkeypatch)
     # The guide's unmasking loop runs, and matches `dlm-jax generate` token for token (greedy).
     exec(sample_block, scope)
     torch_ids, text = scope["ids"], scope["text"]
-    out = dlm_jax("generate", "--checkpoint", "runs/tiny", "--prompt", "The history of", "--gen-length", 32,
-                  "--steps", 16, "--json", capsys=capsys)
+    out = dlm_jax(
+        "generate",
+        "--checkpoint",
+        "runs/tiny",
+        "--prompt",
+        "The history of",
+        "--gen-length",
+        32,
+        "--steps",
+        16,
+        "--json",
+        capsys=capsys,
+    )
     ours_row = json.loads(out.strip().splitlines()[-1])
     generated = ours_row["ids"]
     if ours.config.eos_token_id in generated:

@@ -24,9 +24,19 @@ def context_model(model_type="roberta", seed=0):
     others changes its prediction: a cache's stale keys and values then change tokens."""
     if model_type == "modernbert":
         config = EncoderConfig(
-            model_type="modernbert", vocab_size=96, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-            intermediate_size=48, max_position_embeddings=64, local_attention=8, pad_token_id=1,
-            mask_token_id=MASK, bos_token_id=0, eos_token_id=EOS, layer_norm_eps=1e-5,
+            model_type="modernbert",
+            vocab_size=96,
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            intermediate_size=48,
+            max_position_embeddings=64,
+            local_attention=8,
+            pad_token_id=1,
+            mask_token_id=MASK,
+            bos_token_id=0,
+            eos_token_id=EOS,
+            layer_norm_eps=1e-5,
         )  # layers: global, sliding (a query sees 4 keys each side), sliding
         encoder = new_encoder(config, seed=seed)
         embedding = encoder.embeddings.tok_embeddings.embedding
@@ -79,8 +89,9 @@ CACHED = {  # each a different path through the cached loop
     # rows in different blocks, each with its own window
     "prefix_factor": dict(cache="prefix", block_length=4, remasking="factor", factor=2.0),
     # masks in a prompt: a region holding them is wider than a window (those steps refresh)
-    "dual_threshold_infill": dict(cache="dual", block_length=4, remasking="threshold", confidence_threshold=0.5,
-                                  temperature=1.0, prompts=PROMPTS),
+    "dual_threshold_infill": dict(
+        cache="dual", block_length=4, remasking="threshold", confidence_threshold=0.5, temperature=1.0, prompts=PROMPTS
+    ),
 }
 
 
@@ -106,10 +117,13 @@ def test_modernbert_cached_sampler_equals_numpy_reference():
     np.testing.assert_array_equal(out, reference_generate(model, PLAIN, **kwargs))
 
 
-@pytest.mark.parametrize("cache,kwargs", [
-    ("prefix", dict(block_length=4, prompts=PROMPTS)),
-    ("dual", dict(block_length=4, remasking="threshold", confidence_threshold=0.5, temperature=1.0, cfg_scale=1.5)),
-])
+@pytest.mark.parametrize(
+    "cache,kwargs",
+    [
+        ("prefix", dict(block_length=4, prompts=PROMPTS)),
+        ("dual", dict(block_length=4, remasking="threshold", confidence_threshold=0.5, temperature=1.0, cfg_scale=1.5)),
+    ],
+)
 def test_refresh_every_step_equals_uncached(model, cache, kwargs):
     """refresh_every=1 recomputes the whole canvas every step: exactly the uncached tokens,
     while refreshing only at block starts does change some on this context-heavy model."""
@@ -161,8 +175,10 @@ def test_stop_at_eos(kwargs):
 
 def test_dream_names(model):
     kwargs = dict(gen_length=16, steps=8, block_length=8)
-    np.testing.assert_array_equal(sampling.generate(model, PLAIN, remasking="maskgit_plus", **kwargs),
-                                  sampling.generate(model, PLAIN, remasking="low_confidence", **kwargs))
+    np.testing.assert_array_equal(
+        sampling.generate(model, PLAIN, remasking="maskgit_plus", **kwargs),
+        sampling.generate(model, PLAIN, remasking="low_confidence", **kwargs),
+    )
     drawn = [sampling.generate(model, PLAIN, alg_temp=1.0, seed=s, **kwargs) for s in (0, 1)]
     assert (drawn[0] != drawn[1]).any()  # alg_temp draws the positions
     np.testing.assert_array_equal(drawn[0], reference_generate(model, PLAIN, alg_temp=1.0, seed=0, **kwargs))

@@ -23,17 +23,28 @@ def test_modern_encoder_learns_to_use_context(tmp_path, shared_data):
     (tmp_path / "heldout.txt").write_text("\n\n".join(paragraphs[cut:]) + "\n", encoding="utf-8")
     tokenizer = data.train_tokenizer(tmp_path / "train.txt", tmp_path / "tokenizer", vocab_size=1024)
     # The tiny preset at the quickstart's width: 3 x 128 (two layers local), 400 steps of 32 x 64.
-    sets = ["model.hidden_size=128", "model.num_hidden_layers=3", "model.num_attention_heads=4",
-            "model.intermediate_size=256", "batch_size=32", "steps=400", "warmup_steps=40", "dtype=bfloat16",
-            "log_every=100", "checkpoint_every=400", f"tokenizer={tmp_path / 'tokenizer'}"]
+    sets = [
+        "model.hidden_size=128",
+        "model.num_hidden_layers=3",
+        "model.num_attention_heads=4",
+        "model.intermediate_size=256",
+        "batch_size=32",
+        "steps=400",
+        "warmup_steps=40",
+        "dtype=bfloat16",
+        "log_every=100",
+        "checkpoint_every=400",
+        f"tokenizer={tmp_path / 'tokenizer'}",
+    ]
     config = resolve_config("tiny", sets, data=str(tmp_path / "train.txt"))
     assert config.model.model_type == "modernbert"
     train(config, tmp_path / "run")
 
     model = api.load(tmp_path / "run")
     heldout = data.prepare_dataset(tmp_path / "heldout.txt", tokenizer, config.seq_len, cache_dir=tmp_path / "cache")
-    by_ratio = {r["ratio"]: r["ce"] for r in evaluate.accuracy_by_ratio(model, heldout, ratios=(0.1, 1.0),
-                                                                         max_sequences=128)}
+    by_ratio = {
+        r["ratio"]: r["ce"] for r in evaluate.accuracy_by_ratio(model, heldout, ratios=(0.1, 1.0), max_sequences=128)
+    }
     unigram = np.log(len(tokenizer))  # an untrained model's CE; the unigram entropy is below it
     assert by_ratio[1.0] < unigram
     assert by_ratio[0.1] <= by_ratio[1.0] - 0.5, by_ratio

@@ -13,8 +13,8 @@ import pytest
 import torch
 from helpers_hf import hf_model
 
-from dlm_jax.models.params import encoder_with_params
 from dlm_jax.convert import encoder_config_from_hf, params_from_hf
+from dlm_jax.models.params import encoder_with_params
 
 TOL = 1e-5
 TEXTS = [
@@ -24,8 +24,9 @@ TEXTS = [
 ]
 # ModernBERT variants: HF's defaults (no biases, tied decoder), and every optional tensor on
 # (biases in norms, attention, MLP, head; an untied decoder) so each row of the table is used.
-MODERNBERT_BIASED = dict(norm_bias=True, attention_bias=True, mlp_bias=True, classifier_bias=True,
-                         tie_word_embeddings=False)
+MODERNBERT_BIASED = dict(
+    norm_bias=True, attention_bias=True, mlp_bias=True, classifier_bias=True, tie_word_embeddings=False
+)
 VARIANTS = {
     "roberta": ("roberta", {}),
     "bert": ("bert", {}),
@@ -84,8 +85,10 @@ def block_inputs(encoder, ids, mask):
     config = encoder.config
     positions = encoder.position_ids(jnp.asarray(ids), jnp.asarray(mask))
     masks = (key_mask, key_mask & window_mask(ids.shape[1], config.local_attention // 2))
-    rotaries = tuple(rotary_tables(positions, config.head_dim, theta)
-                     for theta in (config.global_rope_theta, config.local_rope_theta))
+    rotaries = tuple(
+        rotary_tables(positions, config.head_dim, theta)
+        for theta in (config.global_rope_theta, config.local_rope_theta)
+    )
     return masks, rotaries
 
 
@@ -173,8 +176,7 @@ def test_training_follows_pytorch_step_for_step(name):
     for module in hf.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
-    torch_optimizer = torch.optim.AdamW(hf.parameters(), lr=1e-3, betas=(0.9, 0.98), eps=1e-6,
-                                        weight_decay=0.01)
+    torch_optimizer = torch.optim.AdamW(hf.parameters(), lr=1e-3, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
 
     @jax.jit
     def step(state, opt_state, inputs, targets, masked):
@@ -194,8 +196,7 @@ def test_training_follows_pytorch_step_for_step(name):
         inputs = np.where(masked, config.mask_token_id, ids)
         state, opt_state, loss = step(state, opt_state, inputs, ids, masked)
         logits = hf(input_ids=torch.tensor(inputs)).logits
-        ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), torch.tensor(ids).flatten(),
-                                               reduction="none")
+        ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), torch.tensor(ids).flatten(), reduction="none")
         torch_loss = (ce * torch.tensor(masked).flatten()).sum() / masked.sum()
         torch_optimizer.zero_grad()
         torch_loss.backward()
@@ -211,11 +212,26 @@ def test_two_loads_of_a_model_share_one_compiled_program():
     from dlm_jax.models import EncoderConfig
     from dlm_jax.models.params import init_params
 
-    for config in (EncoderConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                                 vocab_size=100, max_position_embeddings=34),
-                   EncoderConfig(model_type="modernbert", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                 intermediate_size=64, vocab_size=100, max_position_embeddings=32,
-                                 local_attention=8)):
+    for config in (
+        EncoderConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            vocab_size=100,
+            max_position_embeddings=34,
+        ),
+        EncoderConfig(
+            model_type="modernbert",
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            vocab_size=100,
+            max_position_embeddings=32,
+            local_attention=8,
+        ),
+    ):
         params = init_params(config)
         first, second = (nnx.graphdef(encoder_with_params(config, params)) for _ in range(2))
         assert first == second and hash(first) == hash(second)

@@ -26,9 +26,23 @@ def _free_port() -> int:
 def _launch(num_processes, devices, workdir, corpus, tokenizer, port):
     env = dict(os.environ, DLM_JAX_CACHE=str(workdir.parent / "cache"))
     return [
-        subprocess.Popen([sys.executable, str(WORKER), str(port), str(num_processes), str(i),
-                          str(devices), str(workdir), corpus, tokenizer],
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(WORKER),
+                str(port),
+                str(num_processes),
+                str(i),
+                str(devices),
+                str(workdir),
+                corpus,
+                tokenizer,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for i in range(num_processes)
     ]
 

@@ -27,17 +27,21 @@ def problem(rng, shape, hidden=24, vocab=301, scored_fraction=0.4):
     return features, embedding, bias, targets, weights
 
 
-@pytest.mark.parametrize("shape, chunk, fraction", [
-    ((4, 37), 16, 0.4),  # tokens not a multiple of the chunk
-    ((3, 20), 64, 1.0),  # every token scored, one partial chunk
-    ((2, 50), 8, 0.05),  # a few scored tokens: most of the loop is skipped
-    ((2, 10), 4, 0.0),  # nothing scored: zero loss, zero gradients
-])
+@pytest.mark.parametrize(
+    "shape, chunk, fraction",
+    [
+        ((4, 37), 16, 0.4),  # tokens not a multiple of the chunk
+        ((3, 20), 64, 1.0),  # every token scored, one partial chunk
+        ((2, 50), 8, 0.05),  # a few scored tokens: most of the loop is skipped
+        ((2, 10), 4, 0.0),  # nothing scored: zero loss, zero gradients
+    ],
+)
 def test_vocab_cross_entropy_equals_autodiff_of_the_logits(shape, chunk, fraction):
     args = problem(np.random.default_rng(0), shape, scored_fraction=fraction)
     targets, weights = args[3], args[4]
     (want, (want_ce, want_correct)), want_grads = jax.value_and_grad(
-        lambda f, e, b: reference_loss(f, e, b, targets, weights), (0, 1, 2), has_aux=True)(*args[:3])
+        lambda f, e, b: reference_loss(f, e, b, targets, weights), (0, 1, 2), has_aux=True
+    )(*args[:3])
 
     def ours(f, e, b):
         total, ce, correct = ops.vocab_cross_entropy(f, e, b, targets, weights, dtype=jnp.float32, chunk_size=chunk)
@@ -60,7 +64,8 @@ def test_correct_breaks_ties_towards_the_lowest_id():
     targets = jnp.arange(vocab, dtype=jnp.int32)[None]
     weights = jnp.ones((1, vocab), jnp.float32)
     _, ce, correct = ops.vocab_cross_entropy(
-        features, jnp.ones((vocab, 3)), jnp.zeros(vocab), targets, weights, dtype=jnp.float32, chunk_size=4)
+        features, jnp.ones((vocab, 3)), jnp.zeros(vocab), targets, weights, dtype=jnp.float32, chunk_size=4
+    )
     np.testing.assert_array_equal(np.asarray(correct[0]), np.arange(vocab) == 0)
     np.testing.assert_allclose(ce, np.full((1, vocab), np.log(vocab)), rtol=1e-6)
 
@@ -69,8 +74,8 @@ def test_vocab_cross_entropy_bf16_is_close_to_float32():
     args = problem(np.random.default_rng(1), (4, 33))
     targets, weights = args[3], args[4]
     loss = lambda dtype: jax.value_and_grad(
-        lambda f, e, b: ops.vocab_cross_entropy(f, e, b, targets, weights, dtype=dtype, chunk_size=32)[0],
-        (0, 1, 2))(*args[:3])
+        lambda f, e, b: ops.vocab_cross_entropy(f, e, b, targets, weights, dtype=dtype, chunk_size=32)[0], (0, 1, 2)
+    )(*args[:3])
     (low, low_grads), (high, high_grads) = loss(jnp.bfloat16), loss(jnp.float32)
     np.testing.assert_allclose(low, high, rtol=2e-2)
     for g, w in zip(low_grads, high_grads):

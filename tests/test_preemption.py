@@ -48,8 +48,12 @@ def _launch(workdir: Path, corpus: str, tokenizer: str, steps: int, name: str):
     for i in range(2):
         log = workdir.parent / f"{name}-{i}.log"
         with open(log, "w") as out:
-            proc = subprocess.Popen([sys.executable, str(WORKER), str(port), str(i), str(workdir), corpus,
-                                     tokenizer, str(steps)], env=env, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [sys.executable, str(WORKER), str(port), str(i), str(workdir), corpus, tokenizer, str(steps)],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         runs.append((proc, log))
     return runs
 
@@ -145,8 +149,23 @@ def gcs_bucket(tmp_path, monkeypatch):
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     with open(tmp_path / "fake-gcs-server.log", "w") as log:
-        server = subprocess.Popen([str(binary), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
-                                   "-port", str(port), "-external-url", url], stdout=log, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [
+                str(binary),
+                "-scheme",
+                "http",
+                "-backend",
+                "memory",
+                "-host",
+                "127.0.0.1",
+                "-port",
+                str(port),
+                "-external-url",
+                url,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)  # gcsfs
         monkeypatch.setenv("TENSORSTORE_GCS_HTTP_URL", url)
@@ -183,23 +202,44 @@ def test_workdir_in_a_bucket_trains_and_resumes_like_a_local_one(tmp_path, share
         # No tokenizer named: the first run trains one into WORKDIR/model/, the second reads it
         # back and resumes from step 4 (config, tokenizer, checkpoint and metrics.jsonl).
         for steps in (4, 6):
-            assert main(["train", "--config", "tiny", "--workdir", str(workdir), "--data", corpus,
-                         "--steps", str(steps), "--set", "tokenizer_vocab_size=512",
-                         "--set", "checkpoint_every=2", "--set", "log_every=1", "--set", "peak_tflops=1"]) == 0
+            assert (
+                main(
+                    [
+                        "train",
+                        "--config",
+                        "tiny",
+                        "--workdir",
+                        str(workdir),
+                        "--data",
+                        corpus,
+                        "--steps",
+                        str(steps),
+                        "--set",
+                        "tokenizer_vocab_size=512",
+                        "--set",
+                        "checkpoint_every=2",
+                        "--set",
+                        "log_every=1",
+                        "--set",
+                        "peak_tflops=1",
+                    ]
+                )
+                == 0
+            )
 
     assert not (Path.cwd() / "gs:").exists()  # what pathlib makes of gs://bucket/runs/tiny
     assert (remote / "config.json").read_text() == (local / "config.json").read_text()
     files = lambda workdir: {f.name: f.read_bytes() for f in (workdir / "model").iterdir()}
     assert files(remote) == files(local) and "tokenizer.json" in files(remote)
-    metrics = lambda workdir: [(r["step"], r["loss"]) for r in
-                               map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())]
+    metrics = lambda workdir: [
+        (r["step"], r["loss"]) for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
+    ]
     assert metrics(remote) == metrics(local) and [s for s, _ in metrics(remote)] == [1, 2, 3, 4, 5, 6]
     assert len(list((remote / "tensorboard").iterdir())) == 2  # one event file per run
     steps = lambda workdir: sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert steps(remote) == steps(local) and steps(remote)[-1] == 6
     # One process on the same 8 devices either way: the storage must not change a bit.
-    for a, b in zip(jax.tree.leaves(_final_params(remote, 6)), jax.tree.leaves(_final_params(local, 6)),
-                    strict=True):
+    for a, b in zip(jax.tree.leaves(_final_params(remote, 6)), jax.tree.leaves(_final_params(local, 6)), strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
 
 

@@ -32,8 +32,8 @@ def minilm_dir() -> Path:
 @pytest.fixture(scope="module")
 def real_text(shared_data):
     """Three WikiText-2 test paragraphs of different lengths, tokenised whole (no truncation)."""
-    lines = [l.strip() for l in (shared_data / "wikitext-2-raw" / "wiki.test.raw").read_text().splitlines()]
-    paragraphs = [l for l in lines if len(l) > 200 and not l.startswith("=")]
+    lines = [line.strip() for line in (shared_data / "wikitext-2-raw" / "wiki.test.raw").read_text().splitlines()]
+    paragraphs = [line for line in lines if len(line) > 200 and not line.startswith("=")]
     return [paragraphs[0][:700], paragraphs[1][:300], paragraphs[2][:120]]
 
 

@@ -7,12 +7,12 @@ import types
 import jax
 import numpy as np
 import pytest
+from sampler_reference import reference_generate, schedule_counts
 
 from dlm_jax import ops, sampling
 from dlm_jax.errors import UserError
 from dlm_jax.models import EncoderConfig
 from dlm_jax.models.params import new_encoder
-from sampler_reference import reference_generate, schedule_counts
 
 MASK, EOS = 95, 2
 
@@ -21,10 +21,18 @@ def tiny_model(model_type="roberta", seed=0):
     """A 2-layer random encoder whose word embeddings are scaled up so the logits are spread out
     (at HF's init scale every probability is about 1/vocab and scores nearly tie)."""
     config = EncoderConfig(
-        model_type=model_type, vocab_size=96, hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
-        type_vocab_size=2 if model_type == "bert" else 1, pad_token_id=1 if model_type == "roberta" else 0,
-        mask_token_id=MASK, bos_token_id=0 if model_type == "roberta" else 3, eos_token_id=EOS,
+        model_type=model_type,
+        vocab_size=96,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        type_vocab_size=2 if model_type == "bert" else 1,
+        pad_token_id=1 if model_type == "roberta" else 0,
+        mask_token_id=MASK,
+        bos_token_id=0 if model_type == "roberta" else 3,
+        eos_token_id=EOS,
         layer_norm_eps=1e-5,
     )
     encoder = new_encoder(config, seed=seed)
@@ -72,7 +80,7 @@ def test_equals_numpy_reference(model, name):
     assert not (out[real] == MASK).any(), "masks left"
     for row, prompt in zip(out, PROMPTS):  # prompt tokens never change; its mask got filled
         kept = np.array(prompt) != MASK
-        np.testing.assert_array_equal(row[width - len(prompt):width][kept], np.array(prompt)[kept])
+        np.testing.assert_array_equal(row[width - len(prompt) : width][kept], np.array(prompt)[kept])
     if kwargs.get("forbid_eos"):
         assert not (out[:, width:] == EOS).any()
     # a different seed changes sampled output (so the noise is really used)
@@ -95,7 +103,7 @@ def test_vocabulary_chunks_keep_first_argmax(monkeypatch, chunk):
         kwargs = dict(gen_length=16, steps=8, **kwargs)
         out = sampling.generate(tied, PROMPTS, **kwargs)
         np.testing.assert_array_equal(out, reference_generate(tied, PROMPTS, **kwargs))
-        generated = out[:, max(map(len, PROMPTS)):]
+        generated = out[:, max(map(len, PROMPTS)) :]
         assert len(np.unique(generated)) > 1 and (generated % 2 == 0).all() and (generated < 48).all()
 
 
@@ -114,8 +122,9 @@ def test_schedules(schedule):
 
 
 def test_history_follows_the_schedule(model):
-    out, history = sampling.generate(model, [[0, 5, 6]], gen_length=12, steps=4, block_length=6,
-                                     schedule="even", return_history=True)
+    out, history = sampling.generate(
+        model, [[0, 5, 6]], gen_length=12, steps=4, block_length=6, schedule="even", return_history=True
+    )
     assert history.shape == (4, 1, 15)
     np.testing.assert_array_equal(history[-1], out)
     # 6 masks per block in 2 steps: 3 + 3, block by block
@@ -124,11 +133,12 @@ def test_history_follows_the_schedule(model):
 
 
 def test_threshold_stops_early_and_pads_history(model):
-    out, history = sampling.generate(model, PROMPTS, gen_length=16, steps=16, remasking="threshold",
-                                     confidence_threshold=0.05, return_history=True)
+    out, history = sampling.generate(
+        model, PROMPTS, gen_length=16, steps=16, remasking="threshold", confidence_threshold=0.05, return_history=True
+    )
     masks = [(h == MASK).sum() for h in history]
     assert masks[-1] == 0 and masks.index(0) < 15  # finished well before the bound
-    np.testing.assert_array_equal(history[masks.index(0):], np.broadcast_to(out, history[masks.index(0):].shape))
+    np.testing.assert_array_equal(history[masks.index(0) :], np.broadcast_to(out, history[masks.index(0) :].shape))
 
 
 @pytest.mark.parametrize("model_type", ["roberta", "bert"])
@@ -222,13 +232,30 @@ def test_encode_prompt_ignores_the_tokenizers_truncation(shared_data):
 
 def test_cli_generate(tmp_path, capsys):
     """End to end through dlm_jax.load on a real (tiny, random) HF checkpoint and tokenizer."""
-    from dlm_jax.cli import main
     from helpers_hf import make_hf_checkpoint
+
+    from dlm_jax.cli import main
 
     ckpt = make_hf_checkpoint(tmp_path, "roberta")
     page = tmp_path / "steps.html"
-    argv = ["generate", "--checkpoint", str(ckpt), "--prompt", "The quick <mask> fox", "--gen-length", "8",
-            "--steps", "4", "--json", "--trajectory", str(page), "--temperature", "0.8", "--top-p", "0.9"]
+    argv = [
+        "generate",
+        "--checkpoint",
+        str(ckpt),
+        "--prompt",
+        "The quick <mask> fox",
+        "--gen-length",
+        "8",
+        "--steps",
+        "4",
+        "--json",
+        "--trajectory",
+        str(page),
+        "--temperature",
+        "0.8",
+        "--top-p",
+        "0.9",
+    ]
     assert main(argv) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(record["ids"]) == 8 and isinstance(record["text"], str)
@@ -241,6 +268,22 @@ def test_cli_generate(tmp_path, capsys):
 
     assert Image.open(gif).n_frames == 5
     # a user mistake is one line on stderr and exit status 2
-    assert main(["generate", "--checkpoint", str(ckpt), "--prompt", "x", "--gen-length", "8",
-                 "--steps", "4", "--block-length", "3"]) == 2
+    assert (
+        main(
+            [
+                "generate",
+                "--checkpoint",
+                str(ckpt),
+                "--prompt",
+                "x",
+                "--gen-length",
+                "8",
+                "--steps",
+                "4",
+                "--block-length",
+                "3",
+            ]
+        )
+        == 2
+    )
     assert "not divisible by block_length" in capsys.readouterr().err

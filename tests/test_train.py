@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from helpers_terminal import stderr_on_a_terminal
@@ -19,8 +20,6 @@ from dlm_jax.checkpoint import load_params_from_workdir
 from dlm_jax.cli import main
 from dlm_jax.errors import UserError
 from dlm_jax.train import resolve_config, train
-
-import jax
 
 # Equal up to float32 summation order: the 8-device all-reduce adds per-device partial sums in
 # a different order than one device does; after 3 AdamW steps of lr 2e-3 the parameters differ
@@ -58,8 +57,9 @@ def assert_trees_close(a, b, atol):
 
 
 def test_config_sets_and_unknown_key():
-    config = resolve_config("tiny", ["objective.name=elbo", "mesh.fsdp=2", "ema_decay=none",
-                                     "objective.ratios=0.5,1.0", "remat=true"])
+    config = resolve_config(
+        "tiny", ["objective.name=elbo", "mesh.fsdp=2", "ema_decay=none", "objective.ratios=0.5,1.0", "remat=true"]
+    )
     assert config.objective.name == "elbo" and config.objective.ratios == (0.5, 1.0)
     assert config.mesh.fsdp == 2 and config.ema_decay is None and config.remat is True
     with pytest.raises(UserError, match=r"unknown config key 'lrr'; did you mean lr\?"):
@@ -88,11 +88,19 @@ def test_step_flops_count_every_matmul_kernel_of_each_family():
     from dlm_jax.train.metrics import step_flops
 
     h, i, layers, vocab, seq = 64, 256, 2, 1000, 32
-    common = dict(hidden_size=h, intermediate_size=i, num_hidden_layers=layers, num_attention_heads=2,
-                  vocab_size=vocab, max_position_embeddings=66)
-    for config, feed_forward in ((EncoderConfig(model_type="roberta", **common), 2 * h * i),
-                                 (EncoderConfig(model_type="bert", **common), 2 * h * i),
-                                 (EncoderConfig(model_type="modernbert", local_attention=16, **common), 3 * h * i)):
+    common = dict(
+        hidden_size=h,
+        intermediate_size=i,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        vocab_size=vocab,
+        max_position_embeddings=66,
+    )
+    for config, feed_forward in (
+        (EncoderConfig(model_type="roberta", **common), 2 * h * i),
+        (EncoderConfig(model_type="bert", **common), 2 * h * i),
+        (EncoderConfig(model_type="modernbert", local_attention=16, **common), 3 * h * i),
+    ):
         weights = layers * (4 * h * h + feed_forward) + h * h  # + the MLM head's dense layer
         per_token = 6 * weights + 12 * layers * seq * h
         assert step_flops(config, seq, 512, 100) == per_token * 512 + 6 * h * vocab * 100, config.model_type
@@ -109,7 +117,6 @@ def test_parallel_modes_and_accumulation_agree(tmp_path, corpus, tokenizer_dir):
         assert_trees_close(params, one, ATOL), name
 
 
-
 # The presets train ModernBERT; the post-LN family trains through the same step.
 ROBERTA = ("model.model_type=roberta", "model.max_position_embeddings=66")
 
@@ -117,12 +124,20 @@ ROBERTA = ("model.model_type=roberta", "model.max_position_embeddings=66")
 @pytest.mark.parametrize("family", ["modernbert", "roberta"])
 def test_loss_falls_and_metrics_written(tmp_path, corpus, tokenizer_dir, family):
     with stderr_on_a_terminal() as terminal:
-        record, _ = run(tmp_path / "w", corpus, tokenizer_dir, "steps=60", "log_every=10",
-                        "objective.name=elbo", "lr=3e-3", *(ROBERTA if family == "roberta" else ()))
+        record, _ = run(
+            tmp_path / "w",
+            corpus,
+            tokenizer_dir,
+            "steps=60",
+            "log_every=10",
+            "objective.name=elbo",
+            "lr=3e-3",
+            *(ROBERTA if family == "roberta" else ()),
+        )
     # on a terminal, tqdm's bar (steps done of all, elapsed < left) below the logged lines
     assert re.search(r"\| 60/60 \[\d\d:\d\d<\d\d:\d\d", terminal.text) and "step 60/60 | loss" in terminal.text
-    lines = [json.loads(l) for l in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
-    assert [l["step"] for l in lines] == [10, 20, 30, 40, 50, 60]
+    lines = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [10, 20, 30, 40, 50, 60]
     assert lines[-1]["loss"] < lines[0]["loss"] - 0.5
     assert {"bits_per_token", "perplexity_bound", "mfu", "tokens_per_s", "grad_norm"} <= set(lines[-1])
     assert json.loads((tmp_path / "w" / "config.json").read_text())["objective"]["name"] == "elbo"
@@ -136,8 +151,23 @@ def test_loss_falls_and_metrics_written(tmp_path, corpus, tokenizer_dir, family)
 
 
 def _cli(workdir, corpus, tokenizer_dir, *extra):
-    return [sys.executable, "-c", "import sys; from dlm_jax.cli import main; sys.exit(main())", "train", "--config", "tiny", "--workdir", str(workdir),
-            "--data", corpus, "--set", f"tokenizer={tokenizer_dir}", "--set", "log_every=1", *extra]
+    return [
+        sys.executable,
+        "-c",
+        "import sys; from dlm_jax.cli import main; sys.exit(main())",
+        "train",
+        "--config",
+        "tiny",
+        "--workdir",
+        str(workdir),
+        "--data",
+        corpus,
+        "--set",
+        f"tokenizer={tokenizer_dir}",
+        "--set",
+        "log_every=1",
+        *extra,
+    ]
 
 
 TWELVE_STEPS = ("--steps", "12", "--set", "checkpoint_every=3")
@@ -156,8 +186,13 @@ def uninterrupted(tmp_path_factory, corpus, tokenizer_dir):
 def test_resume_after_kill9_is_bit_exact(tmp_path, corpus, tokenizer_dir, uninterrupted):
     args = TWELVE_STEPS
     env = dict(os.environ)
-    proc = subprocess.Popen(_cli(tmp_path / "cut", corpus, tokenizer_dir, *args), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        _cli(tmp_path / "cut", corpus, tokenizer_dir, *args),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     for line in proc.stdout:  # kill -9 right after step 7 is logged: mid-interval, a save in flight
         if line.startswith("step 7/"):
             proc.kill()
@@ -165,8 +200,7 @@ def test_resume_after_kill9_is_bit_exact(tmp_path, corpus, tokenizer_dir, uninte
     proc.wait()
     saved = sorted(int(p.name) for p in (tmp_path / "cut" / "checkpoints").iterdir() if p.name.isdigit())
     assert saved and saved[-1] < 12
-    subprocess.run(_cli(tmp_path / "cut", corpus, tokenizer_dir, *args), check=True, env=env,
-                   capture_output=True)
+    subprocess.run(_cli(tmp_path / "cut", corpus, tokenizer_dir, *args), check=True, env=env, capture_output=True)
     full = uninterrupted
     cut = load_params_from_workdir(tmp_path / "cut")
     for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(cut)):
@@ -175,9 +209,12 @@ def test_resume_after_kill9_is_bit_exact(tmp_path, corpus, tokenizer_dir, uninte
 
 @pytest.mark.slow
 def test_sigterm_saves_and_exits(tmp_path, corpus, tokenizer_dir):
-    proc = subprocess.Popen(_cli(tmp_path / "w", corpus, tokenizer_dir, "--steps", "1000",
-                                 "--set", "checkpoint_every=1000"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        _cli(tmp_path / "w", corpus, tokenizer_dir, "--steps", "1000", "--set", "checkpoint_every=1000"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     for line in proc.stdout:
         if line.startswith("step 5/"):
             proc.send_signal(signal.SIGTERM)
@@ -211,15 +248,35 @@ def test_bad_input_one_line(tmp_path, corpus, tokenizer_dir, capsys, case):
         sets = ["--set", "learning_rate=1e-3"]
     elif case == "nan":
         sets = ["--set", "lr=1e30", "--set", "warmup_steps=1", "--set", "checkpoint_every=2"]
-    rc = main(["train", "--config", "tiny", "--workdir", str(tmp_path / "w"), "--data", str(data),
-               "--steps", "8", "--set", f"tokenizer={tokenizer_dir}", *sets])
+    rc = main(
+        [
+            "train",
+            "--config",
+            "tiny",
+            "--workdir",
+            str(tmp_path / "w"),
+            "--data",
+            str(data),
+            "--steps",
+            "8",
+            "--set",
+            f"tokenizer={tokenizer_dir}",
+            *sets,
+        ]
+    )
     err = capsys.readouterr().err  # TFDS progress bars may precede the error line
-    errors = [l for l in err.splitlines() if l.startswith("dlm-jax train: error: ")]
+    errors = [line for line in err.splitlines() if line.startswith("dlm-jax train: error: ")]
     assert rc == 2 and len(errors) == 1 and errors[0] == err.strip().splitlines()[-1], err
     assert "Traceback" not in err
     err = errors
-    expected = {"empty": "empty", "not_utf8": "UTF-8", "tfds": "no_such_dataset_xyz",
-                "too_small": "batch", "unknown_key": "learning_rate", "nan": "loss became nan at step"}[case]
+    expected = {
+        "empty": "empty",
+        "not_utf8": "UTF-8",
+        "tfds": "no_such_dataset_xyz",
+        "too_small": "batch",
+        "unknown_key": "learning_rate",
+        "nan": "loss became nan at step",
+    }[case]
     assert expected in err[0]
     if case == "nan":  # the good checkpoints before the NaN step are kept, none after it
         bad_step = int(err[0].split("at step ")[1].split(";")[0])
@@ -234,8 +291,23 @@ def test_workdir_of_another_model_is_refused(tmp_path, corpus, tokenizer_dir, ca
     run(tmp_path / "w", corpus, tokenizer_dir, "steps=2")
     capsys.readouterr()  # the first run's lines
     before = _snapshot(tmp_path / "w")
-    rc = main(["train", "--config", "tiny", "--workdir", str(tmp_path / "w"), "--data", corpus,
-               "--steps", "4", "--set", f"tokenizer={tokenizer_dir}", "--set", "model.hidden_size=32"])
+    rc = main(
+        [
+            "train",
+            "--config",
+            "tiny",
+            "--workdir",
+            str(tmp_path / "w"),
+            "--data",
+            corpus,
+            "--steps",
+            "4",
+            "--set",
+            f"tokenizer={tokenizer_dir}",
+            "--set",
+            "model.hidden_size=32",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "different model (differs in hidden_size)" in err[0]
     assert _snapshot(tmp_path / "w") == before
@@ -260,11 +332,11 @@ def test_workdir_has_one_owner(tmp_path, corpus, tokenizer_dir, capsys):
     lock of a run killed with -9 is taken over by the next one."""
     workdir = tmp_path / "w"
     args = ("--steps", "1000", "--set", "checkpoint_every=1000")
-    first = subprocess.Popen(_cli(workdir, corpus, tokenizer_dir, *args), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(
+        _cli(workdir, corpus, tokenizer_dir, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     _lines_until(first, "step 2/")
-    second = subprocess.run(_cli(workdir, corpus, tokenizer_dir, *args), capture_output=True, text=True,
-                            timeout=300)
+    second = subprocess.run(_cli(workdir, corpus, tokenizer_dir, *args), capture_output=True, text=True, timeout=300)
     assert second.returncode == 2, second.stderr
     last = second.stderr.strip().splitlines()[-1]
     assert last.startswith("dlm-jax train: error: ") and f"in use by dlm-jax train (pid {first.pid} " in last
@@ -273,8 +345,22 @@ def test_workdir_has_one_owner(tmp_path, corpus, tokenizer_dir, capsys):
     first.wait()
     assert json.loads((workdir / "train.lock").read_text())["pid"] == first.pid  # left behind by kill -9
     # the next run takes the lock over (and is then refused for its missing corpus, at no cost)
-    assert main(["train", "--config", "tiny", "--workdir", str(workdir), "--data", str(tmp_path / "missing.txt"),
-                 "--set", f"tokenizer={tokenizer_dir}"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                "tiny",
+                "--workdir",
+                str(workdir),
+                "--data",
+                str(tmp_path / "missing.txt"),
+                "--set",
+                f"tokenizer={tokenizer_dir}",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert f"took over the lock of dlm-jax train (pid {first.pid} " in err and "missing.txt" in err
     assert not (workdir / "train.lock").exists()
@@ -284,9 +370,12 @@ def test_ctrl_c_saves_the_current_step_and_resume_is_exact(tmp_path, corpus, tok
     """Ctrl-C right after step 3 is logged, while step 3's checkpoint is being written: that
     checkpoint and the current step are kept, the run exits 0 naming the step, and resuming
     from it gives the parameters of a run never interrupted."""
-    cut = subprocess.Popen(_cli(tmp_path / "cut", corpus, tokenizer_dir, "--steps", "1000",
-                                "--set", "checkpoint_every=3"),
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cut = subprocess.Popen(
+        _cli(tmp_path / "cut", corpus, tokenizer_dir, "--steps", "1000", "--set", "checkpoint_every=3"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     _lines_until(cut, "step 3/")
     cut.send_signal(signal.SIGINT)
     rest = cut.communicate(timeout=120)[0]
@@ -294,19 +383,26 @@ def test_ctrl_c_saves_the_current_step_and_resume_is_exact(tmp_path, corpus, tok
     step = int(re.search(r"^Ctrl-C: saved step (\d+), exiting", rest, re.MULTILINE).group(1))
     assert 3 <= step < 12 and {3, step} <= set(_saved_steps(tmp_path / "cut"))
     # Resumed with the budget of 12: the warmup rates of the steps done do not depend on it.
-    resumed = subprocess.run(_cli(tmp_path / "cut", corpus, tokenizer_dir, *TWELVE_STEPS), capture_output=True,
-                             text=True, check=True)
-    assert (f"resuming step {step} with steps 1000 -> 12 (the learning rate of the steps done is unchanged)"
-            in resumed.stderr)
-    for a, b in zip(jax.tree.leaves(uninterrupted), jax.tree.leaves(load_params_from_workdir(tmp_path / "cut")),
-                    strict=True):
+    resumed = subprocess.run(
+        _cli(tmp_path / "cut", corpus, tokenizer_dir, *TWELVE_STEPS), capture_output=True, text=True, check=True
+    )
+    assert (
+        f"resuming step {step} with steps 1000 -> 12 (the learning rate of the steps done is unchanged)"
+        in resumed.stderr
+    )
+    for a, b in zip(
+        jax.tree.leaves(uninterrupted), jax.tree.leaves(load_params_from_workdir(tmp_path / "cut")), strict=True
+    ):
         assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_second_ctrl_c_aborts_keeping_every_complete_checkpoint(tmp_path, corpus, tokenizer_dir):
-    proc = subprocess.Popen(_cli(tmp_path / "w", corpus, tokenizer_dir, "--steps", "1000",
-                                 "--set", "checkpoint_every=2"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        _cli(tmp_path / "w", corpus, tokenizer_dir, "--steps", "1000", "--set", "checkpoint_every=2"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     _lines_until(proc, "step 3/")
     proc.send_signal(signal.SIGINT)
     _lines_until(proc, "Ctrl-C: saving the current step")
@@ -314,24 +410,43 @@ def test_second_ctrl_c_aborts_keeping_every_complete_checkpoint(tmp_path, corpus
     rest = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130 and "saved step" not in rest, rest
     last = rest.strip().splitlines()[-1]
-    kept = int(re.fullmatch(r"dlm-jax train: interrupted: aborted at step \d+; the last complete checkpoint is "
-                            r"step (\d+)", last).group(1))
+    kept = int(
+        re.fullmatch(
+            r"dlm-jax train: interrupted: aborted at step \d+; the last complete checkpoint is "
+            r"step (\d+)",
+            last,
+        ).group(1)
+    )
     assert kept == _saved_steps(tmp_path / "w")[-1] >= 2
 
 
 def test_resume_says_what_changed_and_refuses_what_breaks_it(tmp_path, corpus, tokenizer_dir, capsys):
     workdir = tmp_path / "w"
-    base = ["train", "--config", "tiny", "--workdir", str(workdir), "--data", corpus,
-            "--set", f"tokenizer={tokenizer_dir}", "--set", "log_every=1"]
+    base = [
+        "train",
+        "--config",
+        "tiny",
+        "--workdir",
+        str(workdir),
+        "--data",
+        corpus,
+        "--set",
+        f"tokenizer={tokenizer_dir}",
+        "--set",
+        "log_every=1",
+    ]
     assert main(base + ["--steps", "2"]) == 0
     capsys.readouterr()
     before = _snapshot(workdir)
     other = tmp_path / "other.txt"
     other.write_text(open(corpus).read()[:200_000])
-    refusals = {("--set", "lr=0.004"): "lr 0.002 -> 0.004", ("--data", str(other)): "data",
-                ("--set", "batch_size=32"): "batch_size 16 -> 32",
-                ("--set", "objective.name=elbo"): "objective.name 'ratio_set' -> 'elbo'",
-                ("--set", "warmup_steps=1"): "learning rate of steps already trained"}
+    refusals = {
+        ("--set", "lr=0.004"): "lr 0.002 -> 0.004",
+        ("--data", str(other)): "data",
+        ("--set", "batch_size=32"): "batch_size 16 -> 32",
+        ("--set", "objective.name=elbo"): "objective.name 'ratio_set' -> 'elbo'",
+        ("--set", "warmup_steps=1"): "learning rate of steps already trained",
+    }
     for extra, said in refusals.items():
         assert main(base + ["--steps", "4", *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()

@@ -57,15 +57,21 @@ def _check_out_dir(out_dir: Path, source: Path, force: bool, option: str, what: 
     if not out_dir.is_dir() or not any(out_dir.iterdir()):
         return
     if not force:
-        raise UserError(f"{option} {out_dir} is not empty; choose another directory or pass --force to replace "
-                        f"an earlier {what} there")
+        raise UserError(
+            f"{option} {out_dir} is not empty; choose another directory or pass --force to replace "
+            f"an earlier {what} there"
+        )
     if (out_dir / WORKDIR_CHECKPOINTS_DIR).is_dir():
-        raise UserError(f"{option} {out_dir} is a training workdir with checkpoints; --force replaces only an "
-                        f"earlier {what}, choose another directory")
+        raise UserError(
+            f"{option} {out_dir} is a training workdir with checkpoints; --force replaces only an "
+            f"earlier {what}, choose another directory"
+        )
     folders = sorted(p.name for p in out_dir.iterdir() if p.is_dir())
     if folders and not (earlier is not None and earlier(out_dir)):
-        raise UserError(f"{option} {out_dir} holds folders ({', '.join(folders[:3])}) and no earlier {what}; "
-                        "--force replaces only an earlier output or plain files, choose another directory")
+        raise UserError(
+            f"{option} {out_dir} holds folders ({', '.join(folders[:3])}) and no earlier {what}; "
+            "--force replaces only an earlier output or plain files, choose another directory"
+        )
 
 
 def _write_then_move(out_dir: Path, write) -> None:
@@ -95,8 +101,10 @@ def run_convert(args):
     _check_out_dir(args.out_dir, args.hf_dir, args.force, "OUT_DIR", "conversion", _is_conversion)
     config, params, tokenizer, report = convert_hf_dir(args.hf_dir, seed=args.seed)
     _write_then_move(args.out_dir, lambda d: save_model(d, config, params, tokenizer))
-    print(f"converted {args.hf_dir} ({config.model_type}, {config.num_hidden_layers} layers, "
-          f"vocab {config.vocab_size}) -> {args.out_dir}")
+    print(
+        f"converted {args.hf_dir} ({config.model_type}, {config.num_hidden_layers} layers, "
+        f"vocab {config.vocab_size}) -> {args.out_dir}"
+    )
     for line in report.lines():
         print(f"  {line}")
     if tokenizer is None:
@@ -111,5 +119,7 @@ def run_export(args):
     _check_out_dir(args.hf_dir, source, args.force, "HF_DIR", "export")
     config, params, tokenizer = read_any(args.ckpt_dir, args.step)
     _write_then_move(args.hf_dir, lambda d: export_hf(d, config, params, tokenizer))
-    print(f"exported {args.ckpt_dir} -> {args.hf_dir} ({config.model_type}, loads with "
-          "transformers.AutoModelForMaskedLM / AutoTokenizer)")
+    print(
+        f"exported {args.ckpt_dir} -> {args.hf_dir} ({config.model_type}, loads with "
+        "transformers.AutoModelForMaskedLM / AutoTokenizer)"
+    )

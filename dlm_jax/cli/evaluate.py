@@ -14,34 +14,50 @@ HELP = {"eval": "evaluate a model on held-out text"}
 
 def add_parser(subparsers, name):
     p = subparsers.add_parser(
-        name, help=HELP[name],
+        name,
+        help=HELP[name],
         description="NELBO (bits per token, perplexity bound), masked-token accuracy at mask ratios "
-                    "0.1..1.0, and statistics of generated samples. See docs/evaluation.md.",
+        "0.1..1.0, and statistics of generated samples. See docs/evaluation.md.",
     )
-    p.add_argument("--checkpoint", required=True,
-                   help="a dlm-jax model dir, a training workdir (or one of its checkpoints/STEP dirs) or a HF dir")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a dlm-jax model dir, a training workdir (or one of its checkpoints/STEP dirs) or a HF dir",
+    )
     p.add_argument("--step", type=non_negative_int, help="the workdir checkpoint to evaluate (default: latest)")
     p.add_argument("--data", required=True, help="tfds:NAME[/CONFIG][:SPLIT] or a local text file/directory")
     p.add_argument("--split", help="split to evaluate (default: test for TFDS and WikiText, else the whole data)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    p.add_argument("--seq-len", type=positive_int,
-                   help="tokens per held-out sequence (default: the workdir's training length, else at most 128)")
+    p.add_argument(
+        "--seq-len",
+        type=positive_int,
+        help="tokens per held-out sequence (default: the workdir's training length, else at most 128)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=8, help="sequences per forward pass (default 8)")
     p.add_argument("--max-sequences", type=positive_int, help="evaluate only the first M sequences (default: all)")
-    p.add_argument("--nelbo-samples", type=positive_int, default=8,
-                   help="Monte-Carlo draws of t per sequence (default 8)")
-    p.add_argument("--samples", type=non_negative_int, default=8,
-                   help="samples to generate for statistics (0: none; default 8)")
-    p.add_argument("--prompt-len", type=positive_int, default=16, help="prompt tokens taken from each held-out sequence")
-    p.add_argument("--gen-length", type=positive_int,
-                   help="tokens generated after each prompt (default: what fits after the prompt, at most 64)")
+    p.add_argument(
+        "--nelbo-samples", type=positive_int, default=8, help="Monte-Carlo draws of t per sequence (default 8)"
+    )
+    p.add_argument(
+        "--samples", type=non_negative_int, default=8, help="samples to generate for statistics (0: none; default 8)"
+    )
+    p.add_argument(
+        "--prompt-len", type=positive_int, default=16, help="prompt tokens taken from each held-out sequence"
+    )
+    p.add_argument(
+        "--gen-length",
+        type=positive_int,
+        help="tokens generated after each prompt (default: what fits after the prompt, at most 64)",
+    )
     p.add_argument("--steps", type=positive_int, help="unmasking steps (default: --gen-length)")
-    p.add_argument("--temperature", type=non_negative_float, default=1.0,
-                   help="sampling temperature (0: greedy; default 1)")
+    p.add_argument(
+        "--temperature", type=non_negative_float, default=1.0, help="sampling temperature (0: greedy; default 1)"
+    )
     p.add_argument("--judge", help="a HF causal-LM directory (e.g. gpt2) for generative perplexity (needs PyTorch)")
     p.add_argument("--seed", type=seed, default=0)
-    p.add_argument("--cache-dir", type=Path,
-                   help="where packed data is cached (default: $DLM_JAX_CACHE or ~/.cache/dlm_jax)")
+    p.add_argument(
+        "--cache-dir", type=Path, help="where packed data is cached (default: $DLM_JAX_CACHE or ~/.cache/dlm_jax)"
+    )
     p.set_defaults(run=run)
 
 
@@ -51,8 +67,9 @@ def _check_args(args):
     from dlm_jax.data.sources import check_writable
 
     if args.judge and args.samples and importlib.util.find_spec("torch") is None:
-        raise UserError("--judge runs a PyTorch causal LM, and PyTorch is not installed: pip install torch, "
-                        "or drop --judge")
+        raise UserError(
+            "--judge runs a PyTorch causal LM, and PyTorch is not installed: pip install torch, or drop --judge"
+        )
     if args.cache_dir is not None:
         check_writable(args.cache_dir, "choose another --cache-dir")
 
@@ -62,11 +79,23 @@ def run(args):
     from dlm_jax.evaluate import evaluate
 
     results = evaluate(
-        args.checkpoint, args.data, seq_len=args.seq_len, batch_size=args.batch_size,
-        max_sequences=args.max_sequences, nelbo_samples=args.nelbo_samples, num_samples=args.samples,
-        prompt_len=args.prompt_len, gen_length=args.gen_length, steps=args.steps,
-        temperature=args.temperature, judge=args.judge, split=args.split, seed=args.seed, step=args.step,
-        cache_dir=args.cache_dir, log=lambda message: print(f"eval: {message}", file=sys.stderr, flush=True),
+        args.checkpoint,
+        args.data,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        max_sequences=args.max_sequences,
+        nelbo_samples=args.nelbo_samples,
+        num_samples=args.samples,
+        prompt_len=args.prompt_len,
+        gen_length=args.gen_length,
+        steps=args.steps,
+        temperature=args.temperature,
+        judge=args.judge,
+        split=args.split,
+        seed=args.seed,
+        step=args.step,
+        cache_dir=args.cache_dir,
+        log=lambda message: print(f"eval: {message}", file=sys.stderr, flush=True),
     )
     print(json.dumps(json_safe(results)) if args.json else table(results))
 
@@ -93,8 +122,10 @@ def table(r) -> str:
         "",
         "mask ratio   accuracy   CE (nats)   tokens",
     ]
-    lines += [f"{a['ratio']:>10.1f}   {a['accuracy']:>8.4f}   {a['ce']:>9.4f}   {a['tokens']:>6d}"
-              for a in r["accuracy_by_ratio"]]
+    lines += [
+        f"{a['ratio']:>10.1f}   {a['accuracy']:>8.4f}   {a['ce']:>9.4f}   {a['tokens']:>6d}"
+        for a in r["accuracy_by_ratio"]
+    ]
     s = r.get("samples")
     if s:
         lines += [

@@ -23,19 +23,30 @@ def add_parser(subparsers, name):
         "all on the accelerator in one compiled program. Mask tokens written inside the prompt "
         "(e.g. <mask>) are filled too, and the filled prompt is printed.",
     )
-    p.add_argument("--checkpoint", required=True,
-                   help="our model dir, a training workdir (or one of its checkpoints/STEP dirs) or a HF dir")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="our model dir, a training workdir (or one of its checkpoints/STEP dirs) or a HF dir",
+    )
     p.add_argument("--step", type=non_negative_int, help="the workdir checkpoint to use (default: latest)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text")
     src.add_argument("--prompt-file", type=Path, help="UTF-8 file with one prompt per line (a batch)")
-    p.add_argument("--gen-length", type=positive_int,
-                   help=f"tokens to generate per prompt (default: what fits after the prompt in the workdir's "
-                   f"training length or the model's positions, at most {GEN_LENGTH_CAP})")
-    p.add_argument("--steps", type=positive_int, help="unmasking steps (default: --gen-length; the bound for threshold)")
+    p.add_argument(
+        "--gen-length",
+        type=positive_int,
+        help=f"tokens to generate per prompt (default: what fits after the prompt in the workdir's "
+        f"training length or the model's positions, at most {GEN_LENGTH_CAP})",
+    )
+    p.add_argument(
+        "--steps", type=positive_int, help="unmasking steps (default: --gen-length; the bound for threshold)"
+    )
     p.add_argument("--block-length", type=positive_int, help="semi-autoregressive block length (default: one block)")
-    p.add_argument("--remasking", default="low_confidence",
-                   help=f"{', '.join(STRATEGIES)} (default low_confidence); see docs/sampling.md")
+    p.add_argument(
+        "--remasking",
+        default="low_confidence",
+        help=f"{', '.join(STRATEGIES)} (default low_confidence); see docs/sampling.md",
+    )
     p.add_argument("--schedule", default="even", help="tokens committed per step: even (default), cosine, linear")
     p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=probability, help="nucleus sampling mass in (0, 1]; needs --temperature > 0")
@@ -43,16 +54,29 @@ def add_parser(subparsers, name):
     p.add_argument("--cfg-scale", type=non_negative_float, default=0.0, help="classifier-free guidance weight")
     p.add_argument("--confidence-threshold", type=probability, help="for --remasking threshold (default 0.9)")
     p.add_argument("--factor", type=positive_float, help="for --remasking factor: Fast-dLLM's rule (default 1.0)")
-    p.add_argument("--alg-temp", type=non_negative_float,
-                   help="Dream's alg_temp: draw the positions to commit by softmax(score / T) instead of the best")
+    p.add_argument(
+        "--alg-temp",
+        type=non_negative_float,
+        help="Dream's alg_temp: draw the positions to commit by softmax(score / T) instead of the best",
+    )
     p.add_argument("--forbid-eos", action="store_true", help="never generate the EOS token")
-    p.add_argument("--stop-at-eos", action="store_true",
-                   help="a row that has generated EOS is done: its remaining masks become EOS, its steps are skipped")
-    p.add_argument("--cache", choices=CACHES, help="reuse keys/values outside the active block between refreshes "
-                   "(prefix: before it; dual: also after it); approximate, faster")
-    p.add_argument("--refresh-every", type=positive_int,
-                   help="with --cache: recompute the whole canvas every K steps too (default: at block starts only; "
-                   "1 gives exactly the uncached tokens)")
+    p.add_argument(
+        "--stop-at-eos",
+        action="store_true",
+        help="a row that has generated EOS is done: its remaining masks become EOS, its steps are skipped",
+    )
+    p.add_argument(
+        "--cache",
+        choices=CACHES,
+        help="reuse keys/values outside the active block between refreshes "
+        "(prefix: before it; dual: also after it); approximate, faster",
+    )
+    p.add_argument(
+        "--refresh-every",
+        type=positive_int,
+        help="with --cache: recompute the whole canvas every K steps too (default: at block starts only; "
+        "1 gives exactly the uncached tokens)",
+    )
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--dtype", default="float32", choices=tuple(COMPUTE_DTYPES), help="compute dtype")
     p.add_argument("--json", action="store_true", help="print one JSON line per prompt")
@@ -93,11 +117,14 @@ def _check_args(args):
     if args.temperature == 0:
         for option, value in (("--top-p", args.top_p), ("--top-k", args.top_k)):
             if value is not None:
-                raise UserError(f"{option} shapes sampling, but --temperature 0 decodes greedily; "
-                                f"add --temperature T > 0 or drop {option}")
+                raise UserError(
+                    f"{option} shapes sampling, but --temperature 0 decodes greedily; "
+                    f"add --temperature T > 0 or drop {option}"
+                )
     if args.show and not sys.stdout.isatty():
-        raise UserError("--show replays in a terminal, but the output is not one; use --trajectory FILE.html "
-                        "to keep the replay")
+        raise UserError(
+            "--show replays in a terminal, but the output is not one; use --trajectory FILE.html to keep the replay"
+        )
     if args.trajectory is not None:
         suffix = args.trajectory.suffix.lower()
         if suffix not in (".html", ".gif"):
@@ -106,8 +133,9 @@ def _check_args(args):
             raise UserError(f"--trajectory {args.trajectory} is a directory; name a file")
         check_writable(args.trajectory.parent, "choose another --trajectory")
         if suffix == ".gif" and importlib.util.find_spec("PIL") is None:
-            raise UserError("--trajectory .gif needs Pillow, which is not installed: pip install pillow, "
-                            "or write FILE.html")
+            raise UserError(
+                "--trajectory .gif needs Pillow, which is not installed: pip install pillow, or write FILE.html"
+            )
 
 
 def _gen_length(args, model, prompts) -> int:
@@ -123,8 +151,10 @@ def _gen_length(args, model, prompts) -> int:
     if args.block_length is not None:
         room -= room % args.block_length
     if room <= 0:
-        raise UserError(f"a prompt of {longest} tokens leaves no room in the {length} positions of "
-                        f"{args.checkpoint}; shorten the prompt")
+        raise UserError(
+            f"a prompt of {longest} tokens leaves no room in the {length} positions of "
+            f"{args.checkpoint}; shorten the prompt"
+        )
     return room
 
 
@@ -144,17 +174,34 @@ def run(args):
     if tokenizer is None:
         raise UserError(f"{args.checkpoint} has no tokenizer files; save the tokenizer with the checkpoint")
     if args.top_k is not None and args.top_k > config.vocab_size:
-        raise UserError(f"--top-k {args.top_k} exceeds the vocabulary of {config.vocab_size} tokens; "
-                        f"use at most {config.vocab_size}")
+        raise UserError(
+            f"--top-k {args.top_k} exceeds the vocabulary of {config.vocab_size} tokens; "
+            f"use at most {config.vocab_size}"
+        )
     prompts = [encode_prompt(tokenizer, t) for t in texts]
     gen_length = _gen_length(args, model, prompts)
     want_history = args.show or args.trajectory is not None
     result = generate(
-        model, prompts, gen_length=gen_length, steps=args.steps or gen_length, block_length=args.block_length,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, remasking=args.remasking,
-        schedule=args.schedule, cfg_scale=args.cfg_scale, confidence_threshold=args.confidence_threshold,
-        forbid_eos=args.forbid_eos, factor=args.factor, alg_temp=args.alg_temp, stop_at_eos=args.stop_at_eos,
-        cache=args.cache, refresh_every=args.refresh_every, seed=args.seed, return_history=want_history,
+        model,
+        prompts,
+        gen_length=gen_length,
+        steps=args.steps or gen_length,
+        block_length=args.block_length,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        remasking=args.remasking,
+        schedule=args.schedule,
+        cfg_scale=args.cfg_scale,
+        confidence_threshold=args.confidence_threshold,
+        forbid_eos=args.forbid_eos,
+        factor=args.factor,
+        alg_temp=args.alg_temp,
+        stop_at_eos=args.stop_at_eos,
+        cache=args.cache,
+        refresh_every=args.refresh_every,
+        seed=args.seed,
+        return_history=want_history,
     )
     ids, history = result if want_history else (result, None)
     width = ids.shape[1] - gen_length  # prompts are left-padded to the longest
@@ -165,8 +212,9 @@ def run(args):
 
         first = prompts[0]
         initial = np.asarray(first + [config.mask_token_id] * gen_length)
-        frames = trajectory.frames(tokenizer, history[:, 0, width - len(first):], initial, len(first),
-                                   config.mask_token_id)
+        frames = trajectory.frames(
+            tokenizer, history[:, 0, width - len(first) :], initial, len(first), config.mask_token_id
+        )
         if args.show:  # first: the replay clears the screen
             trajectory.show(frames)
 
@@ -175,16 +223,22 @@ def run(args):
         generated = generated_text(tokenizer, row[None], width, eos_id=config.eos_token_id)[0]
         filled = tokenizer.decode(row[start:width].tolist(), skip_special_tokens=True)
         if args.json:
-            print(json.dumps({"prompt_ids": prompt_ids, "filled_prompt": filled, "ids": row[width:].tolist(),
-                              "text": generated}))
+            print(
+                json.dumps(
+                    {"prompt_ids": prompt_ids, "filled_prompt": filled, "ids": row[width:].tolist(), "text": generated}
+                )
+            )
             continue
         if len(texts) > 1:  # one block per prompt
             if i:
                 print()
             print(f"--- prompt {i + 1} of {len(texts)}: {text}")
         if config.mask_token_id in prompt_ids:  # the filled prompt, then what follows it up to EOS
-            print(tokenizer.decode(row[start:width].tolist() + cut_at_eos(row[width:], config.eos_token_id),
-                                   skip_special_tokens=True))
+            print(
+                tokenizer.decode(
+                    row[start:width].tolist() + cut_at_eos(row[width:], config.eos_token_id), skip_special_tokens=True
+                )
+            )
         else:
             print(generated)
     sys.stdout.flush()

@@ -12,21 +12,15 @@ def add_parser(subparsers, name):
     parser = subparsers.add_parser(name, help=HELP[name])
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     train = actions.add_parser(
-        "train",
-        help="train a byte-level BPE with RoBERTa's special tokens (<s> <pad> </s> <unk> <mask>)",
+        "train", help="train a byte-level BPE with RoBERTa's special tokens (<s> <pad> </s> <unk> <mask>)"
     )
     train.add_argument(
         "--data",
         required=True,
-        help="a text file, a folder of .txt/.jsonl, WikiText raw files or "
-        "tfds:NAME[/CONFIG][:SPLIT]",
+        help="a text file, a folder of .txt/.jsonl, WikiText raw files or tfds:NAME[/CONFIG][:SPLIT]",
     )
-    train.add_argument(
-        "--out", required=True, type=Path, help="directory to write the tokenizer files into"
-    )
-    train.add_argument(
-        "--vocab-size", type=positive_int, default=8192, help="target vocabulary size (default 8192)"
-    )
+    train.add_argument("--out", required=True, type=Path, help="directory to write the tokenizer files into")
+    train.add_argument("--vocab-size", type=positive_int, default=8192, help="target vocabulary size (default 8192)")
     train.set_defaults(run=run_train)
 
 

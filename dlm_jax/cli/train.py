@@ -13,10 +13,19 @@ def add_parser(subparsers, name):
     p.add_argument("--data", help="tfds:NAME[/CONFIG][:SPLIT] or a local text file/directory")
     p.add_argument("--steps", type=positive_int, help="total optimizer steps")
     p.add_argument("--init", help="start from a HF directory, a dlm-jax model dir or a workdir")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set lr=3e-4 --set model.hidden_size=256")
-    p.add_argument("--allow-changes", action="store_true",
-                   help="resume even when the config changes what the next steps compute (lr, data, batch, ...)")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set lr=3e-4 --set model.hidden_size=256",
+    )
+    p.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="resume even when the config changes what the next steps compute (lr, data, batch, ...)",
+    )
     p.add_argument("--coordinator", help="multi-host: coordinator HOST:PORT (else from the environment)")
     p.add_argument("--num-processes", type=positive_int, help="multi-host: number of processes")
     p.add_argument("--process-id", type=non_negative_int, help="multi-host: this process's index")

@@ -15,12 +15,7 @@ The path of a corpus through this package:
 
 from dlm_jax.data.batches import BatchIterator, batches_in_order
 from dlm_jax.data.bpe import SPECIAL_TOKENS, train_tokenizer
-from dlm_jax.data.sources import (
-    WIKITEXT_SPLITS,
-    cache_home,
-    default_corpus,
-    held_out_split,
-)
+from dlm_jax.data.sources import WIKITEXT_SPLITS, cache_home, default_corpus, held_out_split
 
 _CACHE_NAMES = ("prepare_dataset", "PackedDataset")
 

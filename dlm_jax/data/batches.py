@@ -18,15 +18,7 @@ class BatchIterator:
     those.
     """
 
-    def __init__(
-        self,
-        dataset,
-        global_batch_size: int,
-        *,
-        seed: int,
-        process_index: int = 0,
-        process_count: int = 1,
-    ):
+    def __init__(self, dataset, global_batch_size: int, *, seed: int, process_index: int = 0, process_count: int = 1):
         if global_batch_size % process_count:
             raise UserError(
                 f"global batch size {global_batch_size} does not split over "
@@ -52,13 +44,8 @@ class BatchIterator:
         if self.batch_in_epoch == self.batches_per_epoch:
             self.epoch, self.batch_in_epoch, self._order = self.epoch + 1, 0, None
         if self._order is None:
-            self._order = np.random.default_rng([self.seed, self.epoch]).permutation(
-                len(self.dataset)
-            )
-        start = (
-            self.batch_in_epoch * self.global_batch_size
-            + self.process_index * self.local_batch_size
-        )
+            self._order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.dataset))
+        start = self.batch_in_epoch * self.global_batch_size + self.process_index * self.local_batch_size
         self.batch_in_epoch += 1
         return self.dataset.rows(self._order[start : start + self.local_batch_size])
 
@@ -79,11 +66,7 @@ class BatchIterator:
                     f"the saved data position is for {key}={state[key]} but this run has "
                     f"{mine[key]}; resume with the same data, seed and batch size"
                 )
-        self.epoch, self.batch_in_epoch, self._order = (
-            state["epoch"],
-            state["batch_in_epoch"],
-            None,
-        )
+        self.epoch, self.batch_in_epoch, self._order = (state["epoch"], state["batch_in_epoch"], None)
 
 
 def batches_in_order(dataset, batch_size, max_sequences=None, *, desc=None):

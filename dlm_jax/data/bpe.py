@@ -5,15 +5,7 @@ import logging
 import os
 from pathlib import Path
 
-from tokenizers import (
-    AddedToken,
-    Tokenizer,
-    decoders,
-    models,
-    pre_tokenizers,
-    processors,
-    trainers,
-)
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from dlm_jax.data.sources import check_writable, open_source, pieces_of
 from dlm_jax.errors import UserError
@@ -38,15 +30,17 @@ def train_tokenizer(source, out_dir, vocab_size: int = 8192):
     from transformers import RobertaTokenizerFast
 
     if vocab_size < 300:  # 256 byte symbols + 5 specials leave no room for merges below this
-        raise UserError(
-            f"vocab size {vocab_size} is too small for a byte-level BPE; use 300 or more"
-        )
+        raise UserError(f"vocab size {vocab_size} is too small for a byte-level BPE; use 300 or more")
     is_spec = isinstance(source, (str, os.PathLike))
     texts = _training_texts(source) if is_spec else iter(source)
     out_dir = Path(out_dir)
     check_writable(out_dir, "give the tokenizer a directory (another --out or workdir)")
-    log.warning("training a %d-token byte-level BPE on %s into %s", vocab_size,
-                source if is_spec else "the given texts", out_dir)
+    log.warning(
+        "training a %d-token byte-level BPE on %s into %s",
+        vocab_size,
+        source if is_spec else "the given texts",
+        out_dir,
+    )
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()

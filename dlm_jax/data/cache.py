@@ -52,10 +52,7 @@ class _PackedTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
             }
         )
         return tfds.core.DatasetInfo(
-            builder=self,
-            features=features,
-            disable_shuffling=True,
-            metadata=tfds.core.MetadataDict(),
+            builder=self, features=features, disable_shuffling=True, metadata=tfds.core.MetadataDict()
         )
 
     def _split_generators(self, dl_manager):
@@ -79,12 +76,7 @@ class PackedDataset:
     """Random access to packed records {"input_ids": int32[L], "prompt_mask": bool[L]}."""
 
     def __init__(self, source, seq_len, stats, directory):
-        self.source, self.seq_len, self.stats, self.directory = (
-            source,
-            seq_len,
-            stats,
-            Path(directory),
-        )
+        self.source, self.seq_len, self.stats, self.directory = (source, seq_len, stats, Path(directory))
 
     def __len__(self):
         return len(self.source)
@@ -98,9 +90,7 @@ class PackedDataset:
         return {key: np.stack([r[key] for r in records]) for key in ("input_ids", "prompt_mask")}
 
 
-def prepare_dataset(
-    spec, tokenizer, seq_len: int, *, cache_dir, split: str = "train"
-) -> PackedDataset:
+def prepare_dataset(spec, tokenizer, seq_len: int, *, cache_dir, split: str = "train") -> PackedDataset:
     """Tokenises and packs a corpus once into cache_dir and returns its split as a PackedDataset.
 
     The split may be sliced the TFDS way ("train[:95%]"); a `tfds:NAME:SPLIT` spec names its own.
@@ -109,8 +99,7 @@ def prepare_dataset(
         raise UserError(f"seq_len {seq_len} is too short; use at least 4 tokens")
     source = open_source(spec, split)
     key = hashlib.sha256(
-        f"{_PACKING_VERSION}|{source.fingerprint}|{tokenizer_fingerprint(tokenizer)}|{seq_len}"
-        .encode()
+        f"{_PACKING_VERSION}|{source.fingerprint}|{tokenizer_fingerprint(tokenizer)}|{seq_len}".encode()
     ).hexdigest()
     cache_dir = Path(cache_dir).expanduser()
     check_writable(cache_dir, "pass a writable directory as --cache-dir (or DLM_JAX_CACHE)")
@@ -119,8 +108,9 @@ def prepare_dataset(
     def records(name, stats):
         split = source.splits[name]
         # disable=None: a bar on a terminal only, never carriage returns in a log file
-        with tqdm(total=split.size, unit=split.unit, unit_scale=True, desc=f"packing {name}",
-                  file=sys.stderr, disable=None) as bar:
+        with tqdm(
+            total=split.size, unit=split.unit, unit_scale=True, desc=f"packing {name}", file=sys.stderr, disable=None
+        ) as bar:
             yield from pack(iter(split.documents(bar.update)), tokenizer, seq_len, stats)
             bar.update(bar.total - bar.n)  # all read (CRLF read as LF counts 1 byte less)
 
@@ -128,19 +118,13 @@ def prepare_dataset(
     with open(data_dir / "build.lock", "w") as lock:  # one writer when hosts share the cache
         fcntl.flock(lock, fcntl.LOCK_EX)
         builder = _PackedTextBuilder(
-            seq_len=seq_len,
-            records=records,
-            splits=tuple(source.splits),
-            data_dir=data_dir,
-            file_format="array_record",
+            seq_len=seq_len, records=records, splits=tuple(source.splits), data_dir=data_dir, file_format="array_record"
         )
         if not builder.is_prepared():
             log.warning("packing %s into %d-token sequences in %s", spec, seq_len, data_dir)
             tfds.display_progress_bar(False)
             builder.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(
-                    compute_stats=tfds.download.ComputeStatsMode.SKIP
-                )
+                download_config=tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP)
             )
     stats = dict(builder.info.metadata[source.split.split("[")[0]])
     if stats["truncated"] or stats["skipped"]:

@@ -39,18 +39,14 @@ def _pack_texts(documents, tokenizer, seq_len, stats):
 
     def flush():
         encoded = iter(encode_texts(tokenizer, [item for item in stream if isinstance(item, str)]))
-        tokens = [
-            t for item in stream for t in ([item] if isinstance(item, int) else next(encoded))
-        ]
+        tokens = [t for item in stream for t in ([item] if isinstance(item, int) else next(encoded))]
         stream.clear()
         return tokens
 
     buffer = []
     for document in documents:
         if isinstance(document, tuple):
-            raise UserError(
-                "the corpus mixes plain text and prompt/response records; keep them apart"
-            )
+            raise UserError("the corpus mixes plain text and prompt/response records; keep them apart")
         stats["documents"] += 1
         stream.append(ids["bos"])
         for piece in pieces_of(document):
@@ -67,10 +63,7 @@ def _pack_texts(documents, tokenizer, seq_len, stats):
 def _windows(buffer, seq_len, stats):
     full = len(buffer) // seq_len
     for k in range(full):
-        yield (
-            np.asarray(buffer[k * seq_len : (k + 1) * seq_len], np.int32),
-            np.zeros(seq_len, bool),
-        )
+        yield (np.asarray(buffer[k * seq_len : (k + 1) * seq_len], np.int32), np.zeros(seq_len, bool))
     stats["tokens"] += full * seq_len
     del buffer[: full * seq_len]
 
@@ -83,9 +76,7 @@ def _pack_pairs(documents, tokenizer, seq_len, stats):
     ids = special_token_ids(tokenizer)
     for batch in _batched(documents, _ENCODE_BATCH):
         if not all(isinstance(document, tuple) for document in batch):
-            raise UserError(
-                "the corpus mixes plain text and prompt/response records; keep them apart"
-            )
+            raise UserError("the corpus mixes plain text and prompt/response records; keep them apart")
         prompts = encode_texts(tokenizer, [prompt for prompt, _ in batch])
         responses = encode_texts(tokenizer, [response for _, response in batch])
         for prompt, response in zip(prompts, responses, strict=True):

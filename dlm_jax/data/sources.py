@@ -18,11 +18,7 @@ from typing import NamedTuple
 
 from dlm_jax.errors import UserError
 
-WIKITEXT_SPLITS = {
-    "wiki.train.raw": "train",
-    "wiki.valid.raw": "validation",
-    "wiki.test.raw": "test",
-}
+WIKITEXT_SPLITS = {"wiki.train.raw": "train", "wiki.valid.raw": "validation", "wiki.test.raw": "test"}
 _WIKITEXT_ARTICLE = re.compile(r"^ = [^=].* = $")  # a top-level heading starts an article
 _PIECE_CHARS = 1 << 16  # long documents are tokenised in pieces of about this many characters
 # Long texts are tokenised in pieces cut only after a lone "\n" between non-space characters:
@@ -86,9 +82,7 @@ def open_source(spec, split) -> Source:
         )
     fingerprint = _scan_files([f for split_files in files.values() for f in split_files], spec)
     splits = {
-        name: Split(
-            functools.partial(_file_documents, paths), sum(p.stat().st_size for p in paths), "B"
-        )
+        name: Split(functools.partial(_file_documents, paths), sum(p.stat().st_size for p in paths), "B")
         for name, paths in files.items()
     }
     return Source(splits, fingerprint, split)
@@ -114,9 +108,7 @@ def _local_files(path: Path) -> dict:
         )
     if path.is_file():
         return {"train": [path]}
-    wikitext = {
-        split: [path / name] for name, split in WIKITEXT_SPLITS.items() if (path / name).exists()
-    }
+    wikitext = {split: [path / name] for name, split in WIKITEXT_SPLITS.items() if (path / name).exists()}
     if wikitext:
         return wikitext
     files = sorted(f for f in path.rglob("*") if f.suffix in (".txt", ".jsonl") and f.is_file())
@@ -193,8 +185,7 @@ def _jsonl_documents(file, progress=no_progress):
                 yield [record["text"]]
             else:
                 raise UserError(
-                    f'{file}:{line_number}: a JSONL record needs a "text" string, or '
-                    '"prompt" and "response" strings'
+                    f'{file}:{line_number}: a JSONL record needs a "text" string, or "prompt" and "response" strings'
                 )
 
 
@@ -261,10 +252,7 @@ def default_corpus(cache_dir=None) -> Path:
     """
     import ast
 
-    path = (
-        Path(cache_dir or cache_home())
-        / f"stdlib_prose_py{sysconfig.get_python_version()}.txt"
-    )
+    path = Path(cache_dir or cache_home()) / f"stdlib_prose_py{sysconfig.get_python_version()}.txt"
     if path.exists():
         return path
     stdlib = Path(sysconfig.get_paths()["stdlib"])
@@ -282,12 +270,8 @@ def default_corpus(cache_dir=None) -> Path:
     }
     modules = []
     for folder, subfolders, files in os.walk(stdlib):
-        subfolders[:] = [
-            d for d in subfolders if d not in skip
-        ]  # prune: site-packages can be huge
-        modules += [
-            Path(folder, f) for f in files if f.endswith(".py") and not f.startswith("test_")
-        ]
+        subfolders[:] = [d for d in subfolders if d not in skip]  # prune: site-packages can be huge
+        modules += [Path(folder, f) for f in files if f.endswith(".py") and not f.startswith("test_")]
     docstrings = []
     for module in sorted(modules):
         try:
@@ -300,15 +284,9 @@ def default_corpus(cache_dir=None) -> Path:
             doc = ast.get_docstring(node)
             if doc and len(doc) >= 40:  # lone surrogates from escapes become "?"
                 docstrings += prose_paragraphs(doc.encode("utf-8", "replace").decode("utf-8"))
-            nodes[:0] = [
-                n
-                for n in node.body
-                if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-            ]
+            nodes[:0] = [n for n in node.body if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
     if not docstrings:
-        raise UserError(
-            f"no standard library sources under {stdlib}; pass --data with a text file"
-        )
+        raise UserError(f"no standard library sources under {stdlib}; pass --data with a text file")
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_suffix(f".tmp{os.getpid()}")
     staging.write_text("\n\n".join(docstrings) + "\n", encoding="utf-8")

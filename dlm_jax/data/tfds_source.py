@@ -11,13 +11,7 @@ from dlm_jax.data.sources import Split, no_progress
 from dlm_jax.errors import UserError
 
 # The text feature of the TFDS catalog datasets we name in the docs; others default to "text".
-TFDS_TEXT_FEATURES = {
-    "lm1b": "text",
-    "wiki40b": "text",
-    "c4": "text",
-    "pg19": "book_text",
-    "tiny_shakespeare": "text",
-}
+TFDS_TEXT_FEATURES = {"lm1b": "text", "wiki40b": "text", "c4": "text", "pg19": "book_text", "tiny_shakespeare": "text"}
 
 
 def tfds_source(name_spec, split):
@@ -30,26 +24,16 @@ def tfds_source(name_spec, split):
     known = sorted(set(tfds.list_builders(with_community_datasets=False)))
     if base not in known:
         close = difflib.get_close_matches(base, known, n=3, cutoff=0.6) or list(TFDS_TEXT_FEATURES)
-        raise UserError(
-            f"no TFDS dataset named {base!r}; "
-            f"did you mean {', '.join('tfds:' + c for c in close)}?"
-        )
+        raise UserError(f"no TFDS dataset named {base!r}; did you mean {', '.join('tfds:' + c for c in close)}?")
     configs = [c.name for c in tfds.builder_cls(base).BUILDER_CONFIGS]
     if config and config not in configs:
         close = difflib.get_close_matches(config, configs, n=5, cutoff=0.3) or configs[:5]
-        raise UserError(
-            f"tfds:{base} has no config {config!r}; "
-            f"try {', '.join(f'tfds:{base}/{c}' for c in close)}"
-        )
+        raise UserError(f"tfds:{base} has no config {config!r}; try {', '.join(f'tfds:{base}/{c}' for c in close)}")
     # tfds reads TFDS_DATA_DIR once at import; read it now so a later setting counts.
-    builder = tfds.builder(
-        name, data_dir=os.environ.get("TFDS_DATA_DIR"), file_format="array_record"
-    )
+    builder = tfds.builder(name, data_dir=os.environ.get("TFDS_DATA_DIR"), file_format="array_record")
     feature = TFDS_TEXT_FEATURES.get(base, "text")
     if feature not in builder.info.features:
-        raise UserError(
-            f"tfds:{name} has no {feature!r} text feature; dlm-jax reads text datasets only"
-        )
+        raise UserError(f"tfds:{name} has no {feature!r} text feature; dlm-jax reads text datasets only")
     if not builder.is_prepared():
         if os.environ.get("DLM_JAX_OFFLINE") or not _online():
             raise UserError(
@@ -73,9 +57,7 @@ def tfds_source(name_spec, split):
             "dlm-jax reads array_record (no TensorFlow): prepare it with file_format=array_record"
         )
     if split.split("[")[0] not in builder.info.splits:
-        raise UserError(
-            f"tfds:{name} has no split {split!r}; it has {', '.join(builder.info.splits)}"
-        )
+        raise UserError(f"tfds:{name} has no split {split!r}; it has {', '.join(builder.info.splits)}")
     records = builder.as_data_source(split)
 
     def documents(progress=no_progress):

@@ -11,15 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dlm_jax.models.config import EncoderConfig
-from dlm_jax.models.layers import (
-    Dense,
-    Embed,
-    LayerNorm,
-    MaskedLMEncoder,
-    activation,
-    attend,
-    keys_and_values,
-)
+from dlm_jax.models.layers import Dense, Embed, LayerNorm, MaskedLMEncoder, activation, attend, keys_and_values
 
 
 class Embeddings(nnx.Module):
@@ -105,8 +97,15 @@ class MLMHead(nnx.Module):
 class BertEncoder(MaskedLMEncoder):
     """BERT/RoBERTa encoder + MLM head: token ids [B, T] -> float32 logits [B, T, vocab]."""
 
-    def __init__(self, config: EncoderConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, remat: bool = False,
-                 attention: str | None = None):
+    def __init__(
+        self,
+        config: EncoderConfig,
+        *,
+        rngs: nnx.Rngs,
+        dtype=jnp.float32,
+        remat: bool = False,
+        attention: str | None = None,
+    ):
         self.config, self.dtype, self.remat, self.attention = config, dtype, remat, attention
         self.embeddings = Embeddings(config, rngs=rngs)
         self.layers = nnx.List([Layer(config, rngs=rngs) for _ in range(config.num_hidden_layers)])

@@ -62,8 +62,7 @@ class EncoderConfig:
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
             raise UserError(
-                f"model type {self.model_type!r} is not supported; supported types: "
-                + ", ".join(SUPPORTED_MODEL_TYPES)
+                f"model type {self.model_type!r} is not supported; supported types: " + ", ".join(SUPPORTED_MODEL_TYPES)
             )
         if self.hidden_size % self.num_attention_heads:
             raise UserError(
@@ -108,8 +107,10 @@ class EncoderConfig:
         """ModernBERT's attention per layer: layer_types, or HF's pattern when it is None."""
         if self.layer_types is not None:
             return self.layer_types
-        return tuple("full_attention" if i % GLOBAL_ATTENTION_EVERY == 0 else "sliding_attention"
-                     for i in range(self.num_hidden_layers))
+        return tuple(
+            "full_attention" if i % GLOBAL_ATTENTION_EVERY == 0 else "sliding_attention"
+            for i in range(self.num_hidden_layers)
+        )
 
     @property
     def head_dim(self) -> int:

@@ -33,8 +33,13 @@ def tanh_gelu(x):
 
 # Module-level functions, not lambdas: an activation is part of the encoder's graphdef (a static
 # jit argument), so a fresh lambda per model would make every loaded copy of a model compile anew.
-ACTIVATION_FUNCTIONS = {"gelu": exact_gelu, "gelu_new": tanh_gelu, "gelu_pytorch_tanh": tanh_gelu,
-                        "silu": jax.nn.silu, "relu": jax.nn.relu}
+ACTIVATION_FUNCTIONS = {
+    "gelu": exact_gelu,
+    "gelu_new": tanh_gelu,
+    "gelu_pytorch_tanh": tanh_gelu,
+    "silu": jax.nn.silu,
+    "relu": jax.nn.relu,
+}
 
 
 def activation(name: str):
@@ -44,8 +49,16 @@ def activation(name: str):
 class Dense(nnx.Module):
     """y = x @ kernel (+ bias); kernel is [in, out] (HF stores the transpose)."""
 
-    def __init__(self, in_features: int, out_features: int, *, std: float, rngs: nnx.Rngs,
-                 bias: bool = True, truncated: bool = False):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        std: float,
+        rngs: nnx.Rngs,
+        bias: bool = True,
+        truncated: bool = False,
+    ):
         self.kernel = normal(rngs, (in_features, out_features), std, truncated=truncated)
         self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if bias else None
 

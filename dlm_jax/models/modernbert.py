@@ -19,15 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dlm_jax.models.config import EncoderConfig
-from dlm_jax.models.layers import (
-    Dense,
-    Embed,
-    LayerNorm,
-    MaskedLMEncoder,
-    activation,
-    attend,
-    keys_and_values,
-)
+from dlm_jax.models.layers import Dense, Embed, LayerNorm, MaskedLMEncoder, activation, attend, keys_and_values
 
 
 def rotary_tables(positions, head_dim: int, theta: float):
@@ -107,8 +99,9 @@ class Layer(nnx.Module):
 
 class Embeddings(nnx.Module):
     def __init__(self, config: EncoderConfig, *, rngs: nnx.Rngs):
-        self.tok_embeddings = Embed(config.vocab_size, config.hidden_size, std=config.initializer_range,
-                                    rngs=rngs, truncated=True)
+        self.tok_embeddings = Embed(
+            config.vocab_size, config.hidden_size, std=config.initializer_range, rngs=rngs, truncated=True
+        )
         self.norm = LayerNorm(config.hidden_size, config.layer_norm_eps, bias=config.norm_bias)
 
     def __call__(self, input_ids):
@@ -118,8 +111,9 @@ class Embeddings(nnx.Module):
 class Head(nnx.Module):
     def __init__(self, config: EncoderConfig, *, rngs: nnx.Rngs):
         out_std = config.initializer_range / math.sqrt(2.0 * config.num_hidden_layers)
-        self.dense = Dense(config.hidden_size, config.hidden_size, std=out_std, rngs=rngs,
-                           bias=config.classifier_bias, truncated=True)
+        self.dense = Dense(
+            config.hidden_size, config.hidden_size, std=out_std, rngs=rngs, bias=config.classifier_bias, truncated=True
+        )
         self.act = activation(config.classifier_activation)
         self.norm = LayerNorm(config.hidden_size, config.layer_norm_eps, bias=config.norm_bias)
 
@@ -132,9 +126,11 @@ class Decoder(nnx.Module):
 
     def __init__(self, config: EncoderConfig, *, rngs: nnx.Rngs):
         out_std = config.initializer_range / math.sqrt(2.0 * config.num_hidden_layers)
-        self.embedding = (None if config.tie_word_embeddings else
-                          Embed(config.vocab_size, config.hidden_size, std=out_std, rngs=rngs,
-                                truncated=True).embedding)
+        self.embedding = (
+            None
+            if config.tie_word_embeddings
+            else Embed(config.vocab_size, config.hidden_size, std=out_std, rngs=rngs, truncated=True).embedding
+        )
         self.bias = nnx.Param(jnp.zeros((config.vocab_size,), jnp.float32)) if config.decoder_bias else None
 
 
@@ -150,8 +146,15 @@ def window_mask(length: int, half_window: int, query_index=None):
 class ModernBertEncoder(MaskedLMEncoder):
     """ModernBERT encoder + MLM head: token ids [B, T] -> float32 logits [B, T, vocab]."""
 
-    def __init__(self, config: EncoderConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, remat: bool = False,
-                 attention: str | None = None):
+    def __init__(
+        self,
+        config: EncoderConfig,
+        *,
+        rngs: nnx.Rngs,
+        dtype=jnp.float32,
+        remat: bool = False,
+        attention: str | None = None,
+    ):
         self.config, self.dtype, self.remat, self.attention = config, dtype, remat, attention
         self.embeddings = Embeddings(config, rngs=rngs)
         self.layers = nnx.List([Layer(config, i, rngs=rngs) for i in range(config.num_hidden_layers)])
@@ -167,8 +170,9 @@ class ModernBertEncoder(MaskedLMEncoder):
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         length = input_ids.shape[1]
-        x = self.run_layers(self.embeddings(input_ids), *self._attention_inputs(
-            None, length, attention_mask, position_ids))
+        x = self.run_layers(
+            self.embeddings(input_ids), *self._attention_inputs(None, length, attention_mask, position_ids)
+        )
         return self.final_norm(x)
 
     def _attention_inputs(self, query_index, length, attention_mask, position_ids):
@@ -178,20 +182,27 @@ class ModernBertEncoder(MaskedLMEncoder):
         config = self.config
         keys = attention_mask.astype(bool)[:, None, None, :]
         masks = (keys, keys & window_mask(length, config.local_attention // 2, query_index))
-        rotaries = tuple(rotary_tables(position_ids, config.head_dim, theta)
-                         for theta in (config.global_rope_theta, config.local_rope_theta))
+        rotaries = tuple(
+            rotary_tables(position_ids, config.head_dim, theta)
+            for theta in (config.global_rope_theta, config.local_rope_theta)
+        )
         return masks, rotaries
 
     def encode_with_kv(self, input_ids, attention_mask, position_ids):
         length = input_ids.shape[1]
-        x, kv = self.run_layers_kv(self.embeddings(input_ids), None, None, *self._attention_inputs(
-            None, length, attention_mask, position_ids))
+        x, kv = self.run_layers_kv(
+            self.embeddings(input_ids), None, None, *self._attention_inputs(None, length, attention_mask, position_ids)
+        )
         return self.final_norm(x), kv
 
     def encode_window(self, input_ids, position_ids, offset, attention_mask, kv):
         query_index = offset[:, None] + jnp.arange(input_ids.shape[1])
-        x, _ = self.run_layers_kv(self.embeddings(input_ids), kv, offset, *self._attention_inputs(
-            query_index, attention_mask.shape[1], attention_mask, position_ids))
+        x, _ = self.run_layers_kv(
+            self.embeddings(input_ids),
+            kv,
+            offset,
+            *self._attention_inputs(query_index, attention_mask.shape[1], attention_mask, position_ids),
+        )
         return self.final_norm(x)
 
     def head_features(self, hidden):

@@ -26,8 +26,9 @@ def compute_dtype(name: str):
     return COMPUTE_DTYPES[name]
 
 
-def new_encoder(config: EncoderConfig, *, seed: int = 0, dtype: str = "float32", remat: bool = False,
-                attention: str | None = None):
+def new_encoder(
+    config: EncoderConfig, *, seed: int = 0, dtype: str = "float32", remat: bool = False, attention: str | None = None
+):
     """A freshly initialised encoder of `config`'s family, computing in `dtype`."""
     cls = ENCODER_CLASSES[config.model_type]
     return cls(config, rngs=nnx.Rngs(seed), dtype=compute_dtype(dtype), remat=remat, attention=attention)
@@ -57,8 +58,9 @@ def params_of(encoder) -> dict:
     return nnx.to_pure_dict(nnx.state(encoder, nnx.Param))
 
 
-def encoder_with_params(config: EncoderConfig, params: dict, *, dtype: str = "float32", remat: bool = False,
-                        attention: str | None = None):
+def encoder_with_params(
+    config: EncoderConfig, params: dict, *, dtype: str = "float32", remat: bool = False, attention: str | None = None
+):
     """An encoder holding `params` (pure dict) and computing in `dtype`."""
     encoder = nnx.eval_shape(lambda: new_encoder(config, dtype=dtype, remat=remat, attention=attention))
     state = nnx.state(encoder, nnx.Param)

@@ -36,5 +36,17 @@ from dlm_jax.sampling.plan import CACHES, ORIGIN_EPS, SCHEDULES, check, commit_c
 from dlm_jax.sampling.step import gumbel_noise, noise_keys
 from dlm_jax.sampling.strategies import STRATEGIES
 
-__all__ = ["CACHES", "ORIGIN_EPS", "SCHEDULES", "STRATEGIES", "check", "commit_counts", "cut_at_eos", "encode_prompt", "generate",
-           "generated_text", "gumbel_noise", "noise_keys"]
+__all__ = [
+    "CACHES",
+    "ORIGIN_EPS",
+    "SCHEDULES",
+    "STRATEGIES",
+    "check",
+    "commit_counts",
+    "cut_at_eos",
+    "encode_prompt",
+    "generate",
+    "generated_text",
+    "gumbel_noise",
+    "noise_keys",
+]

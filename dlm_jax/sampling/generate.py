@@ -37,9 +37,11 @@ def _run(plan, graphdef, params, canvas, attention_mask, prompt_mask, seed, knob
     weights, bias = encoder.vocab_decoder()
     decoder = ops.vocab_chunks(weights, bias, encoder.dtype, plan.vocab_chunk, plan.forbidden_ids)
     rows = (attention_mask, prompt_mask, plan.use_cfg, plan.mask_id)  # what every encoder call takes
-    commit = lambda hidden, c, x, windowed=False: commit_step(plan, encoder, decoder, hidden, c, attention_mask,
-                                                              target, seed, knobs, x, windowed)
+    commit = lambda hidden, c, x, windowed=False: commit_step(
+        plan, encoder, decoder, hidden, c, attention_mask, target, seed, knobs, x, windowed
+    )
     if plan.cache is None and not plan.loop_until_done:
+
         def body(c, x):  # a fixed number of steps: one scan
             c = commit(encode_canvas(encoder, c, *rows), c, x)
             return c, (c if plan.return_history else None)
@@ -67,6 +69,7 @@ def _run(plan, graphdef, params, canvas, attention_mask, prompt_mask, seed, knob
             offset = window_offset(region, width, canvas.shape[1])
             hidden = encode_window(encoder, c, *rows, kv, offset, width)
             return window_in_canvas(hidden, offset, canvas.shape[1], plan.use_cfg)
+
         return run
 
     def cached_steps(state, region, kv, start):
@@ -96,8 +99,9 @@ def _run(plan, graphdef, params, canvas, attention_mask, prompt_mask, seed, knob
         hidden, kv = encode_canvas_kv(encoder, c, *rows)
         return cached_steps(advance(state, commit(hidden, c, row(step))), region, kv, step)
 
-    done, canvas, history = jax.lax.while_loop(lambda state: running(*state[:2]), segment,
-                                               (jnp.int32(0), canvas, history))
+    done, canvas, history = jax.lax.while_loop(
+        lambda state: running(*state[:2]), segment, (jnp.int32(0), canvas, history)
+    )
     if not plan.return_history:
         return canvas, None
     # Steps that did not run repeat the final canvas.
@@ -163,21 +167,46 @@ def generate(
     config, encoder = model.config, model.encoder
     block_length = gen_length if block_length is None else block_length
     ids, mask = as_batch(prompt_ids, attention_mask, config.pad_token_id)
-    check(config, getattr(model, "tokenizer", None), ids, gen_length=gen_length, steps=steps,
-          block_length=block_length, temperature=temperature, top_k=top_k, top_p=top_p,
-          remasking=remasking, schedule=schedule, cfg_scale=cfg_scale,
-          confidence_threshold=confidence_threshold, forbid_eos=forbid_eos, factor=factor, alg_temp=alg_temp,
-          cache=cache, refresh_every=refresh_every, stop_at_eos=stop_at_eos)
+    check(
+        config,
+        getattr(model, "tokenizer", None),
+        ids,
+        gen_length=gen_length,
+        steps=steps,
+        block_length=block_length,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        remasking=remasking,
+        schedule=schedule,
+        cfg_scale=cfg_scale,
+        confidence_threshold=confidence_threshold,
+        forbid_eos=forbid_eos,
+        factor=factor,
+        alg_temp=alg_temp,
+        cache=cache,
+        refresh_every=refresh_every,
+        stop_at_eos=stop_at_eos,
+    )
     prompt_masks = (ids == config.mask_token_id) & (mask == 1)
     plan = Plan(
-        strategy=strategy_named(remasking), steps=int(steps), prompt_length=ids.shape[1],
-        gen_length=int(gen_length), block_length=int(block_length), mask_id=config.mask_token_id,
-        sample=temperature > 0, top_k=None if top_k is None else int(top_k),
-        use_top_p=top_p is not None and top_p < 1, use_cfg=cfg_scale > 0,
+        strategy=strategy_named(remasking),
+        steps=int(steps),
+        prompt_length=ids.shape[1],
+        gen_length=int(gen_length),
+        block_length=int(block_length),
+        mask_id=config.mask_token_id,
+        sample=temperature > 0,
+        top_k=None if top_k is None else int(top_k),
+        use_top_p=top_p is not None and top_p < 1,
+        use_cfg=cfg_scale > 0,
         forbidden_ids=(config.mask_token_id,) + ((config.eos_token_id,) if forbid_eos else ()),
-        return_history=bool(return_history), infill=bool(prompt_masks.any()),
-        vocab_chunk=min(ops.VOCAB_CHUNK, config.vocab_size), cache=cache,
-        stop_eos=config.eos_token_id if stop_at_eos else None, alg_temp=bool(alg_temp),
+        return_history=bool(return_history),
+        infill=bool(prompt_masks.any()),
+        vocab_chunk=min(ops.VOCAB_CHUNK, config.vocab_size),
+        cache=cache,
+        stop_eos=config.eos_token_id if stop_at_eos else None,
+        alg_temp=bool(alg_temp),
     )
     batch = ids.shape[0]
     canvas = np.concatenate([ids, np.full((batch, gen_length), config.mask_token_id)], axis=1)
@@ -185,15 +214,21 @@ def generate(
     prompt_mask = np.concatenate([(mask == 1) & ~prompt_masks, np.zeros((batch, gen_length), bool)], axis=1)
     tables = step_tables(plan, prompt_masks.sum(1), schedule)
     knobs = Knobs(
-        temperature=np.float32(temperature), top_p=np.float32(1.0 if top_p is None else top_p),
+        temperature=np.float32(temperature),
+        top_p=np.float32(1.0 if top_p is None else top_p),
         cfg_scale=np.float32(cfg_scale),
         threshold=np.float32(DEFAULT_CONFIDENCE_THRESHOLD if confidence_threshold is None else confidence_threshold),
-        factor=np.float32(DEFAULT_FACTOR if factor is None else factor), alg_temp=np.float32(alg_temp or 1.0),
+        factor=np.float32(DEFAULT_FACTOR if factor is None else factor),
+        alg_temp=np.float32(alg_temp or 1.0),
         refresh_every=np.int32(steps if refresh_every is None else refresh_every),
     )
 
-    rows = {"canvas": canvas.astype(np.int32), "mask": full_mask, "prompt": prompt_mask,
-            "count": tables.count.T}  # counts travel batch-first so they shard with the rows
+    rows = {
+        "canvas": canvas.astype(np.int32),
+        "mask": full_mask,
+        "prompt": prompt_mask,
+        "count": tables.count.T,
+    }  # counts travel batch-first so they shard with the rows
     graphdef, params = nnx.split(encoder)
     if mesh is not None:
         padded = -batch % mesh.size
@@ -207,7 +242,14 @@ def generate(
         rows = jax.device_put(rows)
         put = jax.device_put
     out, history = _program(
-        plan, graphdef, params, rows["canvas"], rows["mask"], rows["prompt"], put(np.uint32(seed)), put(knobs),
+        plan,
+        graphdef,
+        params,
+        rows["canvas"],
+        rows["mask"],
+        rows["prompt"],
+        put(np.uint32(seed)),
+        put(knobs),
         put(tables._replace(count=None))._replace(count=rows["count"].T),
     )
     out, history = jax.device_get((out, history))
@@ -234,5 +276,7 @@ def cut_at_eos(row, eos_id: int | None) -> list[int]:
 
 def generated_text(tokenizer, ids, prompt_length: int, *, eos_id: int | None = None) -> list[str]:
     """Text of the generated part of each row, cut at the first EOS (when eos_id is given)."""
-    return [tokenizer.decode(cut_at_eos(row, eos_id), skip_special_tokens=True)
-            for row in np.asarray(ids)[:, prompt_length:]]
+    return [
+        tokenizer.decode(cut_at_eos(row, eos_id), skip_special_tokens=True)
+        for row in np.asarray(ids)[:, prompt_length:]
+    ]

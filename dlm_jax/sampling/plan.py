@@ -146,8 +146,8 @@ def as_batch(prompt_ids, attention_mask, pad_id):
         mask = np.zeros((len(rows), width), np.int32)
         for i, r in enumerate(rows):
             if len(r):
-                ids[i, width - len(r):] = r
-                mask[i, width - len(r):] = 1
+                ids[i, width - len(r) :] = r
+                mask[i, width - len(r) :] = 1
         return ids, mask
     ids = np.asarray(prompt_ids)
     if ids.ndim == 1:
@@ -162,9 +162,28 @@ def as_batch(prompt_ids, attention_mask, pad_id):
     return ids.astype(np.int64), (mask != 0).astype(np.int32)
 
 
-def check(config, tokenizer, ids, *, gen_length, steps, block_length=None, temperature=0.0, top_k=None, top_p=None,
-          remasking="low_confidence", schedule="even", cfg_scale=0.0, confidence_threshold=None, forbid_eos=False,
-          factor=None, alg_temp=None, cache=None, refresh_every=None, stop_at_eos=False):
+def check(
+    config,
+    tokenizer,
+    ids,
+    *,
+    gen_length,
+    steps,
+    block_length=None,
+    temperature=0.0,
+    top_k=None,
+    top_p=None,
+    remasking="low_confidence",
+    schedule="even",
+    cfg_scale=0.0,
+    confidence_threshold=None,
+    forbid_eos=False,
+    factor=None,
+    alg_temp=None,
+    cache=None,
+    refresh_every=None,
+    stop_at_eos=False,
+):
     """Raise UserError for every mistake a user can make, before anything is compiled. ids: the
     prompts as a [B, P] array; the keywords and their defaults are generate()'s."""
     block_length = gen_length if block_length is None else block_length
@@ -174,28 +193,39 @@ def check(config, tokenizer, ids, *, gen_length, steps, block_length=None, tempe
     if schedule not in SCHEDULES:
         raise UserError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     if config.mask_token_id is None or (tokenizer is not None and getattr(tokenizer, "mask_token_id", 0) is None):
-        raise UserError("this checkpoint's tokenizer has no mask token; diffusion sampling needs one "
-                        "(set mask_token_id in dlm_config.json / add a mask token)")
+        raise UserError(
+            "this checkpoint's tokenizer has no mask token; diffusion sampling needs one "
+            "(set mask_token_id in dlm_config.json / add a mask token)"
+        )
     if int(gen_length) != gen_length or gen_length <= 0:
         raise UserError(f"gen_length must be a positive integer, got {gen_length}")
     if int(steps) != steps or steps <= 0:
         raise UserError(f"steps must be a positive integer, got {steps}")
     if gen_length % block_length:
-        raise UserError(f"gen_length {gen_length} is not divisible by block_length {block_length}; "
-                        "pick a block length that divides it")
+        raise UserError(
+            f"gen_length {gen_length} is not divisible by block_length {block_length}; "
+            "pick a block length that divides it"
+        )
     num_blocks = gen_length // block_length
     if steps % num_blocks:
-        raise UserError(f"steps {steps} is not divisible by the number of blocks {num_blocks} "
-                        f"(gen_length / block_length); use a multiple of {num_blocks}")
+        raise UserError(
+            f"steps {steps} is not divisible by the number of blocks {num_blocks} "
+            f"(gen_length / block_length); use a multiple of {num_blocks}"
+        )
     if not strategy.bounded_loop and steps // num_blocks > block_length:
-        raise UserError(f"{steps // num_blocks} steps per block cannot each commit a token of a "
-                        f"{block_length}-token block; use at most {block_length * num_blocks} steps")
+        raise UserError(
+            f"{steps // num_blocks} steps per block cannot each commit a token of a "
+            f"{block_length}-token block; use at most {block_length * num_blocks} steps"
+        )
     if ids.shape[1] + gen_length > config.max_length:
-        raise UserError(f"prompt of {ids.shape[1]} tokens + gen_length {gen_length} exceeds the "
-                        f"{config.max_length} positions this model has; shorten one of them")
+        raise UserError(
+            f"prompt of {ids.shape[1]} tokens + gen_length {gen_length} exceeds the "
+            f"{config.max_length} positions this model has; shorten one of them"
+        )
     if ids.min() < 0 or ids.max() >= config.vocab_size:
-        raise UserError(f"prompt token ids must lie in [0, {config.vocab_size}); got "
-                        f"{ids.min()}..{ids.max()} (wrong tokenizer?)")
+        raise UserError(
+            f"prompt token ids must lie in [0, {config.vocab_size}); got {ids.min()}..{ids.max()} (wrong tokenizer?)"
+        )
     if not temperature >= 0:
         raise UserError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
     if top_p is not None and not 0 < top_p <= 1:
@@ -218,8 +248,10 @@ def check(config, tokenizer, ids, *, gen_length, steps, block_length=None, tempe
             raise UserError(f"factor must be > 0, got {factor}")
     if alg_temp:
         if not strategy.counted or strategy.score is None:
-            raise UserError("alg_temp draws the positions to commit by their confidence; it applies to "
-                            "low_confidence (maskgit_plus), topk_margin and entropy")
+            raise UserError(
+                "alg_temp draws the positions to commit by their confidence; it applies to "
+                "low_confidence (maskgit_plus), topk_margin and entropy"
+            )
         if not alg_temp > 0:
             raise UserError(f"alg_temp must be >= 0 (0 or None commits the most confident), got {alg_temp}")
     if cache is not None and cache not in CACHES:
@@ -235,8 +267,9 @@ def check(config, tokenizer, ids, *, gen_length, steps, block_length=None, tempe
         if forbid_eos:
             raise UserError("stop_at_eos waits for an EOS that forbid_eos never proposes; drop one of them")
         if strategy.remask:
-            raise UserError("stop_at_eos cannot be used with random_remask, which re-predicts decoded "
-                            "tokens until its block ends")
+            raise UserError(
+                "stop_at_eos cannot be used with random_remask, which re-predicts decoded tokens until its block ends"
+            )
 
 
 def step_tables(plan: Plan, prompt_masks: np.ndarray, schedule: str) -> StepTables:
@@ -260,6 +293,11 @@ def step_tables(plan: Plan, prompt_masks: np.ndarray, schedule: str) -> StepTabl
         transfer.append(p)
     need = np.concatenate(masks_left) if plan.strategy.counted else np.full(plan.steps, plan.window)
     head_branch = np.searchsorted(np.asarray(plan.head_sizes), need)
-    return StepTables(np.arange(plan.steps, dtype=np.int32), np.asarray(starts, np.int32), np.asarray(ends, np.int32),
-                      np.concatenate(counts).astype(np.int32), np.concatenate(transfer).astype(np.float32),
-                      head_branch.astype(np.int32))
+    return StepTables(
+        np.arange(plan.steps, dtype=np.int32),
+        np.asarray(starts, np.int32),
+        np.asarray(ends, np.int32),
+        np.concatenate(counts).astype(np.int32),
+        np.concatenate(transfer).astype(np.float32),
+        head_branch.astype(np.int32),
+    )

@@ -28,8 +28,9 @@ def encoder_rows(encoder, canvas, attention_mask, prompt_mask, use_cfg, mask_id)
     positions = encoder.position_ids(canvas, attention_mask)
     if use_cfg:
         uncond = jnp.where(prompt_mask, mask_id, canvas)
-        canvas, attention_mask, positions = (jnp.concatenate([a, a if a is not canvas else uncond])
-                                             for a in (canvas, attention_mask, positions))
+        canvas, attention_mask, positions = (
+            jnp.concatenate([a, a if a is not canvas else uncond]) for a in (canvas, attention_mask, positions)
+        )
     return canvas, attention_mask, positions
 
 
@@ -218,8 +219,9 @@ def finish_at_eos(plan, canvas, attention_mask):
     after the EOS become EOS, so it has nothing left to commit."""
     position = jnp.arange(canvas.shape[1])
     masked = (canvas == plan.mask_id) & (attention_mask == 1)
-    first_eos = jnp.min(jnp.where((canvas == plan.stop_eos) & (position >= plan.prompt_length), position,
-                                  canvas.shape[1]), axis=1)
+    first_eos = jnp.min(
+        jnp.where((canvas == plan.stop_eos) & (position >= plan.prompt_length), position, canvas.shape[1]), axis=1
+    )
     first_mask = jnp.min(jnp.where(masked, position, canvas.shape[1]), axis=1)
     return jnp.where(masked & (first_eos < first_mask)[:, None], plan.stop_eos, canvas)
 
@@ -240,10 +242,12 @@ def commit_step(plan, encoder, decoder, hidden, canvas, attention_mask, target, 
 
     def head_of_size(size):  # one lax.switch branch: the head at `size` positions per row
         def run(hidden):
-            slots, proposal, score = head_step(plan, encoder, decoder, hidden, candidates, size,
-                                               gumbel_key, uniform, knobs)
+            slots, proposal, score = head_step(
+                plan, encoder, decoder, hidden, candidates, size, gumbel_key, uniform, knobs
+            )
             rows = jnp.arange(canvas.shape[0])[:, None]  # back to canvas coordinates
             return canvas.at[rows, slots].set(proposal), jnp.zeros(canvas.shape).at[rows, slots].set(score)
+
         return run
 
     proposal, score = jax.lax.switch(head_branch, [head_of_size(size) for size in plan.head_sizes], hidden)
@@ -257,4 +261,3 @@ def commit_step(plan, encoder, decoder, hidden, canvas, attention_mask, target, 
         return jnp.where(eligible, jnp.where(commit, proposal, plan.mask_id), canvas)
     canvas = jnp.where(commit, proposal, canvas)
     return canvas if plan.stop_eos is None else finish_at_eos(plan, canvas, attention_mask)
-

@@ -82,8 +82,12 @@ def remove_tree(directory: epath.Path) -> None:
 
 
 def _holder() -> dict:
-    return {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "token": uuid.uuid4().hex}
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "token": uuid.uuid4().hex,
+    }
 
 
 def _describe(holder: dict) -> str:
@@ -144,8 +148,10 @@ class WorkdirLock:
         try:
             exists = workdir.exists()
         except ImportError as err:  # gs:// without gcsfs (or TensorFlow's gfile), s3:// without s3fs
-            raise UserError(f"workdir {workdir} needs a filesystem package on every host: {err} "
-                            "(pip install gcsfs for gs://, s3fs for s3://)") from None
+            raise UserError(
+                f"workdir {workdir} needs a filesystem package on every host: {err} "
+                "(pip install gcsfs for gs://, s3fs for s3://)"
+            ) from None
         if exists and not workdir.is_dir():
             raise UserError(f"workdir {workdir} is a file; pass a directory (new or from an earlier run) as --workdir")
         try:
@@ -177,8 +183,10 @@ class WorkdirLock:
                 holder = _parse(os.pread(fd, 4096, 0))
                 os.close(fd)
                 self.fd = None
-                raise UserError(f"{self.workdir} is in use by {_describe(holder)}; wait for it to finish or "
-                                "stop it, or train into another --workdir") from None
+                raise UserError(
+                    f"{self.workdir} is in use by {_describe(holder)}; wait for it to finish or "
+                    "stop it, or train into another --workdir"
+                ) from None
             try:
                 current = os.stat(path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -197,9 +205,11 @@ class WorkdirLock:
             holder = _parse(self.path.read_bytes())
             age = time.time() - float(holder.get("alive", 0))
             if age < LEASE_SECONDS and not _pid_gone(holder):
-                raise UserError(f"{self.workdir} is in use by {_describe(holder)}, alive {age:.0f} s ago; wait "
-                                f"for it, or train into another --workdir (a lock not renewed for "
-                                f"{LEASE_SECONDS // 60} minutes is taken over)")
+                raise UserError(
+                    f"{self.workdir} is in use by {_describe(holder)}, alive {age:.0f} s ago; wait "
+                    f"for it, or train into another --workdir (a lock not renewed for "
+                    f"{LEASE_SECONDS // 60} minutes is taken over)"
+                )
             say(f"took over the lock of {_describe(holder)}, which is no longer running")
         self._renew()
         self.heartbeat = threading.Event()
@@ -292,8 +302,10 @@ class Preemption:
         # Orbax's wrapper of multihost_utils.reached_preemption_sync_point: False, not an error,
         # when the preemption service is off.
         if self.manager.reached_preemption(step):
-            return (f"process {jax.process_index()} of {jax.process_count()}: "
-                    "a preemption notice (SIGTERM or Ctrl-C) reached a host")
+            return (
+                f"process {jax.process_index()} of {jax.process_count()}: "
+                "a preemption notice (SIGTERM or Ctrl-C) reached a host"
+            )
         return None
 
     def close(self) -> None:
@@ -358,10 +370,12 @@ def check_workdir(workdir: epath.Path, manager, step: int, config: TrainConfig, 
             "continue that run exactly; keep the values of its config.json, use a new --workdir, "
             "or pass --allow-changes to continue anyway"
         )
-    notes = [(breaking, "allowed by --allow-changes, although the run no longer continues exactly"),
-             (schedule, "the learning rate of the steps done is unchanged"),
-             ([c for c in changes if top(c) in RESUME_LAYOUT], "the same numbers up to the order of float sums"),
-             ([c for c in changes if top(c) in RESUME_IGNORED], "read only by a fresh run: ignored")]
+    notes = [
+        (breaking, "allowed by --allow-changes, although the run no longer continues exactly"),
+        (schedule, "the learning rate of the steps done is unchanged"),
+        ([c for c in changes if top(c) in RESUME_LAYOUT], "the same numbers up to the order of float sums"),
+        ([c for c in changes if top(c) in RESUME_IGNORED], "read only by a fresh run: ignored"),
+    ]
     for items, why in notes:
         if items:
             say(f"resuming step {step} with {shown(items)} ({why})")
@@ -380,8 +394,11 @@ def _same_rates(saved: dict, config: TrainConfig, done: int) -> bool:
     """Whether steps 0 .. done - 1 had the learning rate that `config`'s schedule gives them."""
     before = dataclasses.replace(config, **{k: saved[k] for k in SCHEDULE_KEYS if k in saved})
     steps = np.arange(done)
-    return bool(np.array_equal(np.asarray(learning_rate_schedule(before)(steps)),
-                               np.asarray(learning_rate_schedule(config)(steps))))
+    return bool(
+        np.array_equal(
+            np.asarray(learning_rate_schedule(before)(steps)), np.asarray(learning_rate_schedule(config)(steps))
+        )
+    )
 
 
 def save(manager: ocp.CheckpointManager, state: TrainState, data_state: dict, meta: dict) -> None:
@@ -405,8 +422,7 @@ def read_json(manager: ocp.CheckpointManager, step: int, item: str) -> dict:
 def restore(manager: ocp.CheckpointManager, step: int, abstract: TrainState) -> TrainState:
     """The state saved at `step`, laid out like `abstract` (ShapeDtypeStructs with shardings)."""
     items = dict(
-        params=ocp.args.StandardRestore(abstract.params),
-        opt_state=ocp.args.StandardRestore(abstract.opt_state),
+        params=ocp.args.StandardRestore(abstract.params), opt_state=ocp.args.StandardRestore(abstract.opt_state)
     )
     if abstract.ema is not None:
         items["ema"] = ocp.args.StandardRestore(abstract.ema)

@@ -45,8 +45,7 @@ class TrainConfig:
     # Model: EncoderConfig fields (vocab and special ids are taken from the tokenizer), or the
     # weights, config and tokenizer of `init` (a HF dir, a dlm-jax model dir or a workdir).
     model: EncoderConfig = EncoderConfig(
-        hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512,
-        max_position_embeddings=130,
+        hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512, max_position_embeddings=130
     )
     init: str | None = None
     tokenizer: str | None = None  # a tokenizer dir; None: init's, else BPE trained on the corpus
@@ -95,8 +94,15 @@ class TrainConfig:
 # named here (model, tokenizer, objective, data, seq_len, batch_size, the optimizer's, dtype,
 # ema_decay, seed) change what the next steps compute: refused unless --allow-changes.
 RESUME_FREE = ("checkpoint_every", "keep_checkpoints", "log_every", "peak_tflops")  # bookkeeping
-RESUME_LAYOUT = ("mesh", "parallelism", "sharding_rules", "grad_accum_steps", "remat", "attention",
-                 "loss_chunk_size")  # how, not what, is computed
+RESUME_LAYOUT = (
+    "mesh",
+    "parallelism",
+    "sharding_rules",
+    "grad_accum_steps",
+    "remat",
+    "attention",
+    "loss_chunk_size",
+)  # how, not what, is computed
 RESUME_IGNORED = ("init", "tokenizer_vocab_size")  # read by a fresh run only
 # The learning-rate schedule: a change is exact when every step already trained keeps its rate
 # (e.g. more steps during warmup, or a constant rate after it).
@@ -104,12 +110,25 @@ SCHEDULE_KEYS = ("lr", "warmup_steps", "schedule", "end_lr_ratio", "steps")
 
 # HuggingFace Trainer's names for our keys: an unknown key that is one of these names ours.
 HF_NAMES = {
-    "learning_rate": "lr", "max_steps": "steps", "num_train_steps": "steps", "train_batch_size": "batch_size",
-    "per_device_train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum_steps",
-    "lr_scheduler_type": "schedule", "adam_beta1": "b1", "adam_beta2": "b2", "adam_epsilon": "adam_eps",
-    "max_grad_norm": "clip_norm", "save_steps": "checkpoint_every", "save_total_limit": "keep_checkpoints",
-    "logging_steps": "log_every", "max_seq_length": "seq_len", "max_length": "seq_len", "block_size": "seq_len",
-    "gradient_checkpointing": "remat", "mlm_probability": "objective.bert_mask_prob",
+    "learning_rate": "lr",
+    "max_steps": "steps",
+    "num_train_steps": "steps",
+    "train_batch_size": "batch_size",
+    "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum_steps",
+    "lr_scheduler_type": "schedule",
+    "adam_beta1": "b1",
+    "adam_beta2": "b2",
+    "adam_epsilon": "adam_eps",
+    "max_grad_norm": "clip_norm",
+    "save_steps": "checkpoint_every",
+    "save_total_limit": "keep_checkpoints",
+    "logging_steps": "log_every",
+    "max_seq_length": "seq_len",
+    "max_length": "seq_len",
+    "block_size": "seq_len",
+    "gradient_checkpointing": "remat",
+    "mlm_probability": "objective.bert_mask_prob",
 }
 
 
@@ -242,31 +261,39 @@ def resolve_config(name_or_path: str = "tiny", sets=(), **overrides) -> TrainCon
 
 def validate(config: TrainConfig) -> None:
     """Cheap checks that would otherwise fail after compilation."""
-    choices = {"schedule": ("cosine", "linear"), "dtype": tuple(COMPUTE_DTYPES),
-               "parallelism": ("mesh", "pmap")}
+    choices = {"schedule": ("cosine", "linear"), "dtype": tuple(COMPUTE_DTYPES), "parallelism": ("mesh", "pmap")}
     for key, allowed in choices.items():
         if getattr(config, key) not in allowed:
             raise UserError(f"{key}={getattr(config, key)!r}; choose one of {', '.join(allowed)}")
-    positive = ("seq_len", "batch_size", "grad_accum_steps", "steps", "checkpoint_every", "loss_chunk_size",
-                "keep_checkpoints", "log_every")
+    positive = (
+        "seq_len",
+        "batch_size",
+        "grad_accum_steps",
+        "steps",
+        "checkpoint_every",
+        "loss_chunk_size",
+        "keep_checkpoints",
+        "log_every",
+    )
     for key in positive:
         if getattr(config, key) < 1:
             raise UserError(f"{key} must be at least 1 (got {getattr(config, key)})")
     if config.batch_size % config.grad_accum_steps:
         raise UserError(
-            f"batch_size {config.batch_size} is not divisible by grad_accum_steps "
-            f"{config.grad_accum_steps}"
+            f"batch_size {config.batch_size} is not divisible by grad_accum_steps {config.grad_accum_steps}"
         )
     if config.ema_decay is not None and not 0.0 <= config.ema_decay < 1.0:
         raise UserError(f"ema_decay must be in [0, 1) or none (got {config.ema_decay})")
     # (value, holds, what it must be); `not holds` also catches NaN
     ranges = {
-        "lr": (config.lr, config.lr > 0, "> 0"), "clip_norm": (config.clip_norm, config.clip_norm > 0, "> 0"),
+        "lr": (config.lr, config.lr > 0, "> 0"),
+        "clip_norm": (config.clip_norm, config.clip_norm > 0, "> 0"),
         "adam_eps": (config.adam_eps, config.adam_eps > 0, "> 0"),
         "warmup_steps": (config.warmup_steps, config.warmup_steps >= 0, ">= 0"),
         "weight_decay": (config.weight_decay, config.weight_decay >= 0, ">= 0"),
         "end_lr_ratio": (config.end_lr_ratio, config.end_lr_ratio >= 0, ">= 0"),
-        "b1": (config.b1, 0 <= config.b1 < 1, "in [0, 1)"), "b2": (config.b2, 0 <= config.b2 < 1, "in [0, 1)"),
+        "b1": (config.b1, 0 <= config.b1 < 1, "in [0, 1)"),
+        "b2": (config.b2, 0 <= config.b2 < 1, "in [0, 1)"),
         "seed": (config.seed, 0 <= config.seed < 2**32, "in [0, 2**32)"),
         "peak_tflops": (config.peak_tflops, config.peak_tflops is None or config.peak_tflops > 0, "> 0 or none"),
     }

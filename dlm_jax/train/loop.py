@@ -27,8 +27,7 @@ from dlm_jax.tokenizer import load_tokenizer, special_token_ids
 from dlm_jax.train import checkpointing
 from dlm_jax.train.config import TrainConfig, save_config
 from dlm_jax.train.mesh import batch_sharding, global_batch, make_mesh, param_shardings, replicated
-from dlm_jax.train.metrics import (MetricsWriter, Throughput, peak_tflops, progress_bar, progress_line, say,
-                                   step_flops)
+from dlm_jax.train.metrics import MetricsWriter, Throughput, peak_tflops, progress_bar, progress_line, say, step_flops
 from dlm_jax.train.step import TrainState, make_optimizer, make_train_step
 
 STAGING_DIR = "staging"  # WORKDIR/staging/: what a run writes before its checks have passed
@@ -68,8 +67,13 @@ def resolve_model(config: TrainConfig, workdir: epath.Path, reuse_workdir_tokeni
             with checkpointing.locally(tokenizer_dir, upload=False) as local:
                 tokenizer = load_tokenizer(local)
     ids = special_token_ids(tokenizer)
-    model = config.model.replace(vocab_size=len(tokenizer), pad_token_id=ids["pad"],
-                                 mask_token_id=ids["mask"], bos_token_id=ids["bos"], eos_token_id=ids["eos"])
+    model = config.model.replace(
+        vocab_size=len(tokenizer),
+        pad_token_id=ids["pad"],
+        mask_token_id=ids["mask"],
+        bos_token_id=ids["bos"],
+        eos_token_id=ids["eos"],
+    )
     return dataclasses.replace(config, model=model), tokenizer, None
 
 
@@ -89,7 +93,11 @@ def _reuse_workdir_tokenizer(config: TrainConfig, workdir: epath.Path, resume_st
         return True
     saved = checkpointing.saved_config(workdir) or {}
     return (saved.get("init"), saved.get("tokenizer"), saved.get("data"), saved.get("tokenizer_vocab_size")) == (
-        None, None, config.data, config.tokenizer_vocab_size)
+        None,
+        None,
+        config.data,
+        config.tokenizer_vocab_size,
+    )
 
 
 def check_shapes(config: TrainConfig, devices: int) -> None:
@@ -123,8 +131,12 @@ def init_state(config, mesh, optimizer, init_params):
         return TrainState(jnp.zeros((), jnp.int32), params, opt_state, ema)
 
     abstract = jax.eval_shape(create, abstract_params)
-    state_shard = TrainState(replicated(mesh), p_shard, _like(optimizer, abstract.opt_state, p_shard, mesh),
-                             p_shard if config.ema_decay is not None else None)
+    state_shard = TrainState(
+        replicated(mesh),
+        p_shard,
+        _like(optimizer, abstract.opt_state, p_shard, mesh),
+        p_shard if config.ema_decay is not None else None,
+    )
     if init_params is None:
         init = jax.jit(lambda: create(params_of(new_encoder(model_config, **options))), out_shardings=state_shard)
         state = init()
@@ -138,8 +150,7 @@ def init_state(config, mesh, optimizer, init_params):
 def _like(optimizer, opt_state, p_shard, mesh):
     """Optimizer moments shard like their parameters; counters are replicated."""
     return optax.tree_utils.tree_map_params(
-        optimizer, lambda _, sharding: sharding, opt_state, p_shard,
-        transform_non_params=lambda _: replicated(mesh),
+        optimizer, lambda _, sharding: sharding, opt_state, p_shard, transform_non_params=lambda _: replicated(mesh)
     )
 
 
@@ -150,8 +161,9 @@ def compile_step(step_fn, abstract, state_shard, mesh, config):
         "input_ids": jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=b_shard),
         "prompt_mask": jax.ShapeDtypeStruct((rows, length), jnp.bool_, sharding=b_shard),
     }
-    jitted = jax.jit(step_fn, in_shardings=(state_shard, b_shard),
-                     out_shardings=(state_shard, replicated(mesh)), donate_argnums=0)
+    jitted = jax.jit(
+        step_fn, in_shardings=(state_shard, b_shard), out_shardings=(state_shard, replicated(mesh)), donate_argnums=0
+    )
     start = time.perf_counter()
     compiled = jitted.lower(abstract, batch).compile()
     seconds = time.perf_counter() - start
@@ -161,9 +173,11 @@ def compile_step(step_fn, abstract, state_shard, mesh, config):
     flops = float(cost.get("flops", 0.0)) if cost else 0.0
     if memory is not None:
         gib = lambda n: n / 2**30
-        say(f"compiled the step in {seconds:.1f} s; per device: arguments "
-             f"{gib(memory.argument_size_in_bytes):.3f} GiB, outputs {gib(memory.output_size_in_bytes):.3f} GiB, "
-             f"temporaries {gib(memory.temp_size_in_bytes):.3f} GiB; XLA FLOPs per step {flops:.3e}")
+        say(
+            f"compiled the step in {seconds:.1f} s; per device: arguments "
+            f"{gib(memory.argument_size_in_bytes):.3f} GiB, outputs {gib(memory.output_size_in_bytes):.3f} GiB, "
+            f"temporaries {gib(memory.temp_size_in_bytes):.3f} GiB; XLA FLOPs per step {flops:.3e}"
+        )
     return compiled, flops
 
 
@@ -198,8 +212,9 @@ def _train(config: TrainConfig, workdir: epath.Path, stop_on_signal: bool, allow
     manager = checkpointing.checkpoint_manager(workdir, config.keep_checkpoints)
     try:
         resume_step = manager.latest_step()
-        config, tokenizer, init_params = resolve_model(config, workdir,
-                                                       _reuse_workdir_tokenizer(config, workdir, resume_step))
+        config, tokenizer, init_params = resolve_model(
+            config, workdir, _reuse_workdir_tokenizer(config, workdir, resume_step)
+        )
         mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
         check_shapes(config, mesh.size)
         if resume_step is not None:
@@ -208,14 +223,21 @@ def _train(config: TrainConfig, workdir: epath.Path, stop_on_signal: bool, allow
                 say(f"{workdir} already holds step {resume_step} >= steps={config.steps}; nothing to do")
                 return {"step": resume_step}
         dataset = data.prepare_dataset(_data_spec(config), tokenizer, config.seq_len, cache_dir=data.cache_home())
-        batches = data.BatchIterator(dataset, config.batch_size, seed=config.seed,
-                                     process_index=jax.process_index(), process_count=jax.process_count())
+        batches = data.BatchIterator(
+            dataset,
+            config.batch_size,
+            seed=config.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
         if resume_step is not None:
             saved = checkpointing.saved_config(workdir) or {}
             moved = [k for k in DATA_POSITION_KEYS if k in saved and saved[k] != getattr(config, k)]
             if moved:  # only with allow_changes: check_workdir refuses these otherwise
-                say(f"the saved data position does not apply after changing {', '.join(moved)}; "
-                    "reading the data from its start")
+                say(
+                    f"the saved data position does not apply after changing {', '.join(moved)}; "
+                    "reading the data from its start"
+                )
             else:
                 batches.set_state(checkpointing.read_json(manager, resume_step, "data"))
         _commit(config, tokenizer, workdir, fresh=resume_step is None)
@@ -250,15 +272,18 @@ def _loop(config, workdir, manager, mesh, batches, init_params, resume_step, sto
         del state
         state = checkpointing.restore(manager, resume_step, abstract)
         say(f"resumed from {workdir / 'checkpoints' / str(resume_step)}")
-    compiled, xla_flops = compile_step(make_train_step(config, graphdef, mesh, optimizer), abstract, state_shard,
-                                       mesh, config)
+    compiled, xla_flops = compile_step(
+        make_train_step(config, graphdef, mesh, optimizer), abstract, state_shard, mesh, config
+    )
     n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
     tokens_per_step = config.batch_size * config.seq_len
     all_scored_flops = step_flops(config.model, config.seq_len, tokens_per_step, tokens_per_step)
     peak, peak_source = peak_tflops(config.peak_tflops, COMPUTE_DTYPES[config.dtype], mesh.size)
-    say(f"model {n_params / 1e6:.2f}M parameters; {mesh.size} devices {dict(mesh.shape)} "
+    say(
+        f"model {n_params / 1e6:.2f}M parameters; {mesh.size} devices {dict(mesh.shape)} "
         f"({config.parallelism}); {tokens_per_step} tokens/step; model FLOPs/step "
-        f"{all_scored_flops:.3e} if every token were scored; peak {peak:.3f} TFLOP/s ({peak_source})")
+        f"{all_scored_flops:.3e} if every token were scored; peak {peak:.3f} TFLOP/s ({peak_source})"
+    )
 
     meta = {"model": config.model.to_dict()}
     step = resume_step or 0
@@ -297,8 +322,10 @@ def _loop(config, workdir, manager, mesh, batches, init_params, resume_step, sto
             say(f"aborting at step {step}; finishing the checkpoint being written (Ctrl-C again abandons it)")
             manager.wait_until_finished()
         kept = manager.latest_step()
-        raise KeyboardInterrupt(f"aborted at step {step}; " + (
-            f"the last complete checkpoint is step {kept}" if kept is not None else "no checkpoint was saved")) from None
+        raise KeyboardInterrupt(
+            f"aborted at step {step}; "
+            + (f"the last complete checkpoint is step {kept}" if kept is not None else "no checkpoint was saved")
+        ) from None
     finally:
         bar.close()
         preemption.close()

@@ -11,7 +11,8 @@ import re
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from dlm_jax.errors import UserError
 from dlm_jax.models.params import path_name
@@ -20,12 +21,18 @@ BATCH_AXES = ("data", "fsdp")
 
 # Environment variables that mean "a cluster launched this process": jax.distributed.initialize()
 # then finds the coordinator and this process's id by itself.
-_CLUSTER_ENV = ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS",
-                "JAX_COORDINATOR_ADDRESS", "OMPI_COMM_WORLD_SIZE")
+_CLUSTER_ENV = (
+    "SLURM_JOB_ID",
+    "TPU_WORKER_HOSTNAMES",
+    "MEGASCALE_COORDINATOR_ADDRESS",
+    "JAX_COORDINATOR_ADDRESS",
+    "OMPI_COMM_WORLD_SIZE",
+)
 
 
-def init_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                     process_id: int | None = None) -> None:
+def init_distributed(
+    coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> None:
     """Join the other hosts: from flags when given, else from a cluster's environment."""
     if jax.distributed.is_initialized():
         return
@@ -70,8 +77,7 @@ def spec_for(name: str, shape, rules, mesh: Mesh) -> P:
         if re.search(pattern, name):
             spec = tuple(spec)[: len(shape)] + (None,) * (len(shape) - len(spec))
             kept = tuple(
-                axis if axis is not None and dim % mesh.shape[axis] == 0 else None
-                for axis, dim in zip(spec, shape)
+                axis if axis is not None and dim % mesh.shape[axis] == 0 else None for axis, dim in zip(spec, shape)
             )
             return P(*kept)
     return P()
@@ -96,6 +102,5 @@ def global_batch(local: dict, mesh: Mesh, global_rows: int) -> dict:
     """This host's rows -> one global array per field, sharded over the batch axes."""
     sharding = batch_sharding(mesh)
     return {
-        k: jax.make_array_from_process_local_data(sharding, v, (global_rows,) + v.shape[1:])
-        for k, v in local.items()
+        k: jax.make_array_from_process_local_data(sharding, v, (global_rows,) + v.shape[1:]) for k, v in local.items()
     }

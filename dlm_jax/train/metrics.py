@@ -31,8 +31,16 @@ from dlm_jax.models.params import shapes
 
 # Dense bf16 peak FLOP/s per device (vendor data sheets); override with peak_tflops.
 PEAK_TFLOPS = {
-    "H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0,
-    "TPU v6": 918.0, "TPU v5p": 459.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v4": 275.0,
+    "H200": 989.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L4": 121.0,
+    "A10": 125.0,
+    "TPU v6": 918.0,
+    "TPU v5p": 459.0,
+    "TPU v5 lite": 197.0,
+    "TPU v5e": 197.0,
+    "TPU v4": 275.0,
 }
 
 
@@ -111,8 +119,15 @@ def say(message: str, *, every_process: bool = False) -> None:
 def progress_bar(start: int, total: int) -> tqdm:
     """Steps done, rate and ETA on process 0 when stderr is a terminal (tqdm leaves pipes and log
     files alone; the logged lines say the same there)."""
-    return tqdm(initial=start, total=total, unit="step", file=sys.stderr, dynamic_ncols=True, leave=False,
-                disable=None if jax.process_index() == 0 else True)
+    return tqdm(
+        initial=start,
+        total=total,
+        unit="step",
+        file=sys.stderr,
+        dynamic_ncols=True,
+        leave=False,
+        disable=None if jax.process_index() == 0 else True,
+    )
 
 
 def progress_line(record: dict, total: int) -> str:
@@ -121,9 +136,14 @@ def progress_line(record: dict, total: int) -> str:
         parts.append(f"acc {record['accuracy']:.3f}")
     if "bits_per_token" in record:
         parts.append(f"{record['bits_per_token']:.3f} bits/tok")
-    parts += [f"gnorm {record['grad_norm']:.3f}", f"lr {record['lr']:.2e}",
-              f"{record['step_time'] * 1e3:.0f} ms/step", f"{record['tokens_per_s']:.0f} tok/s",
-              f"{record['tflops']:.3f} TFLOP/s", f"MFU {100 * record['mfu']:.1f}%"]
+    parts += [
+        f"gnorm {record['grad_norm']:.3f}",
+        f"lr {record['lr']:.2e}",
+        f"{record['step_time'] * 1e3:.0f} ms/step",
+        f"{record['tokens_per_s']:.0f} tok/s",
+        f"{record['tflops']:.3f} TFLOP/s",
+        f"MFU {100 * record['mfu']:.1f}%",
+    ]
     return " | ".join(parts)
 
 
@@ -149,8 +169,11 @@ class MetricsWriter:
         if not enabled:
             return
         if self.path.exists():  # drop lines past the checkpoint we resume from: they are redone
-            self.lines = [l + "\n" for l in self.path.read_text().splitlines()
-                          if l and json.loads(l)["step"] <= resume_step]
+            self.lines = [
+                line + "\n"
+                for line in self.path.read_text().splitlines()
+                if line and json.loads(line)["step"] <= resume_step
+            ]
             self.path.write_text("".join(self.lines))
         from tensorboardX import SummaryWriter
 

@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from dlm_jax import diffusion, ops
 from dlm_jax.models import COMPUTE_DTYPES
@@ -49,8 +50,12 @@ def make_optimizer(config) -> optax.GradientTransformation:
     return optax.chain(
         optax.clip_by_global_norm(config.clip_norm),
         optax.adamw(
-            learning_rate_schedule(config), b1=config.b1, b2=config.b2, eps=config.adam_eps,
-            weight_decay=config.weight_decay, mask=decay_mask,
+            learning_rate_schedule(config),
+            b1=config.b1,
+            b2=config.b2,
+            eps=config.adam_eps,
+            weight_decay=config.weight_decay,
+            mask=decay_mask,
         ),
     )
 
@@ -108,7 +113,9 @@ def make_train_step(config, graphdef, mesh, optimizer):
             return jax.lax.psum(weighted, BATCH_AXES), ce, correct
 
         sharded_cross_entropy = jax.shard_map(
-            local, mesh=mesh, in_specs=(batch_spec, P(), P(), batch_spec, batch_spec),
+            local,
+            mesh=mesh,
+            in_specs=(batch_spec, P(), P(), batch_spec, batch_spec),
             out_specs=(P(), batch_spec, batch_spec),
         )
         microbatch_grads = make_microbatch_grads(graphdef, model_config, objective, sharded_cross_entropy)
@@ -122,12 +129,19 @@ def make_train_step(config, graphdef, mesh, optimizer):
         # Corrupt the whole global batch at once (elbo stratifies t over it), then split.
         key = jax.random.fold_in(base_key, state.step)
         eligible = diffusion.eligible_positions(
-            input_ids, batch["prompt_mask"], pad_id=model_config.pad_token_id,
-            special_ids=model_config.special_token_ids, prefix_len=objective.prefix_len,
+            input_ids,
+            batch["prompt_mask"],
+            pad_id=model_config.pad_token_id,
+            special_ids=model_config.special_token_ids,
+            prefix_len=objective.prefix_len,
         )
         corruption = diffusion.corrupt(
-            key, input_ids, eligible, objective,
-            mask_token_id=model_config.mask_token_id, vocab_size=model_config.vocab_size,
+            key,
+            input_ids,
+            eligible,
+            objective,
+            mask_token_id=model_config.mask_token_id,
+            vocab_size=model_config.vocab_size,
         )
         if accum == 1:
             grads, sums = microbatch_grads(state.params, input_ids, corruption, eligible)
@@ -151,8 +165,9 @@ def make_train_step(config, graphdef, mesh, optimizer):
         if config.ema_decay is not None:
             d = config.ema_decay
             ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
-        metrics = dict(sums, loss=sums["numerator"] / denominator,
-                       grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
+        metrics = dict(
+            sums, loss=sums["numerator"] / denominator, grad_norm=optax.tree.norm(grads), lr=schedule(state.step)
+        )
         return TrainState(state.step + 1, params, opt_state, ema), metrics
 
     return train_step
