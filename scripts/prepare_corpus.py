@@ -1,7 +1,8 @@
 """The reproductions' training corpus: text files rewritten as UTF-8 with one paragraph per line.
 
 Gutenberg books are hard-wrapped at about 70 columns; joined, a paragraph's sentences sit in one
-line, so packing puts running prose (not line fragments and newline runs) into each sequence.
+line (`dlm_jax.data.sources.joined_paragraphs`, as for the built-in corpus), so packing puts
+running prose into each sequence, not line fragments and newline runs.
 `gutenberg/chesterton-ball.txt` is Latin-1; the KJV's verse numbers ("12 And the earth ...") are
 dropped. A file is rewritten only when its text differs: the packed-data cache is keyed by the
 files.
@@ -13,17 +14,9 @@ import re
 import sys
 from pathlib import Path
 
-VERSE_NUMBER = re.compile(r"^\d+ ")
+from dlm_jax.data.sources import joined_paragraphs
 
-
-def paragraphs(text: str) -> list[str]:
-    """The blank-line-separated blocks of `text`, each one line, verse numbers dropped."""
-    out = []
-    for block in re.split(r"\n\s*\n", text.replace("\r\n", "\n")):
-        lines = (VERSE_NUMBER.sub("", line.strip()) for line in block.splitlines())
-        if paragraph := " ".join(line for line in lines if line):
-            out.append(paragraph)
-    return out
+VERSE_NUMBER = re.compile(r"^\d+ ")  # at the start of a stripped line
 
 
 def main(out: Path, sources: list[Path]) -> None:
@@ -34,7 +27,10 @@ def main(out: Path, sources: list[Path]) -> None:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             text = raw.decode("latin-1")
-        text = "\n".join(paragraphs(text)) + "\n"
+        paragraphs = joined_paragraphs(
+            text.replace("\r\n", "\n"), clean_line=lambda line: VERSE_NUMBER.sub("", line.strip())
+        )
+        text = "\n".join(paragraphs) + "\n"
         target = out / source.name
         if not target.is_file() or target.read_text(encoding="utf-8") != text:
             target.write_text(text, encoding="utf-8")

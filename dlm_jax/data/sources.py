@@ -230,15 +230,27 @@ def pieces_of(document, piece_chars=_PIECE_CHARS):
         yield text[start:]
 
 
-def prose_paragraphs(text: str) -> list[str]:
-    """The paragraphs of `text` (separated by blank lines) that are prose, each joined into one
-    line; paragraphs with an indented or doctest line (code, tables, option lists) are dropped."""
+def joined_paragraphs(text: str, keep=None, clean_line=str.strip) -> list[str]:
+    """The paragraphs of `text` (separated by blank lines), each joined into one line of its
+    cleaned, non-empty lines; with `keep`, only those whose raw lines pass keep(lines).
+    Hard-wrapped text (docstrings, Gutenberg books) becomes running prose, which small models
+    learn far sooner than line fragments and newline runs."""
     paragraphs = []
     for paragraph in re.split(r"\n\s*\n", text):
         lines = paragraph.splitlines()
-        if lines and not any(line.startswith((" ", "\t", ">>>", "...")) for line in lines):
-            paragraphs.append(" ".join(line.strip() for line in lines))
+        if keep is not None and not keep(lines):
+            continue
+        if joined := " ".join(line for line in map(clean_line, lines) if line):
+            paragraphs.append(joined)
     return paragraphs
+
+
+def prose_paragraphs(text: str) -> list[str]:
+    """The paragraphs of `text` that are prose, each on one line; paragraphs with an indented or
+    doctest line (code, tables, option lists) are dropped."""
+    return joined_paragraphs(
+        text, keep=lambda lines: not any(line.startswith((" ", "\t", ">>>", "...")) for line in lines)
+    )
 
 
 def default_corpus(cache_dir=None) -> Path:
