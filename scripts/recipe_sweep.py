@@ -16,10 +16,11 @@ greedy and a T = 0.8 sample per prompt.
 
 import argparse
 import json
-import re
 import shutil
 import time
 from pathlib import Path
+
+from dlm_jax.data.sources import joined_paragraphs
 
 BOOKS = (
     "austen-emma",
@@ -50,11 +51,7 @@ PROMPTS = ("The whale", "She was not")
 
 
 def unwrapped(text: str) -> str:
-    paragraphs = re.split(r"\n\s*\n", text)
-    return (
-        "\n\n".join(" ".join(line.strip() for line in p.splitlines() if line.strip()) for p in paragraphs if p.strip())
-        + "\n"
-    )
+    return "\n\n".join(joined_paragraphs(text)) + "\n"
 
 
 def corpus(shared: Path, out: Path, unwrap: bool):
