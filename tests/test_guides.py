@@ -292,7 +292,7 @@ def test_export_and_pytorch_unmasking(tmp_path, text_slice, capsys, monkeypatch)
     ours = load("runs/tiny")
     ids = scope["batch"]["input_ids"].numpy()
     np.testing.assert_allclose(scope["logits"].numpy(), ours.logits(ids), atol=1e-4)
-    assert type(scope["model"]).__name__ == "RobertaForMaskedLM"
+    assert type(scope["model"]).__name__ == "ModernBertForMaskedLM"  # the tiny preset
     assert scope["tokenizer"].mask_token_id == ours.config.mask_token_id
 
     # The guide's unmasking loop runs, and matches `dlm-jax generate` token for token (greedy).
