@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The core experiment of docs/reproduction.md on 2 CPU cores in about 30 minutes:
+# The core experiment of docs/reproduction.md on 2 CPU cores in about 25 minutes:
 # the same small encoder (configs/small.py, bf16), the same corpus (13 Gutenberg books + the KJV
 # Bible), the same tokenizer and the same number of steps, trained with three objectives:
 #   ratio_set (one mask ratio per sequence from 0.1..1.0), elbo (t ~ U(0, 1], 1/t weights),
@@ -28,7 +28,7 @@ if [[ "$SMOKE" == 1 ]]; then
   FIGURES=${FIGURES:-$OUT}
 else
   OUT=${OUT:-runs/reproduce}
-  STEPS=${STEPS:-600}
+  STEPS=${STEPS:-1000}
   EVAL_SEQUENCES=${EVAL_SEQUENCES:-256}
   NELBO_SAMPLES=8; NUM_SAMPLES=8; GEN=48
   FIGURES=${FIGURES:-docs/reproduction}
