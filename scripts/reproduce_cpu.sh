@@ -45,22 +45,9 @@ SAMPLER_FLAGS=(--gen-length 48 --steps 48 --block-length 16 --temperature 0.7 --
 mkdir -p "$OUT/corpus" "$FIGURES"
 timings="$OUT/timings.tsv"
 : > "$timings"
-stage() {  # stage NAME COMMAND...: run, time, and log to $OUT/NAME.log
-  local name=$1; shift
-  local start=$SECONDS
-  echo "== $name: $*"
-  "$@" > "$OUT/$name.log" 2>&1 || { echo "stage $name failed; see $OUT/$name.log"; tail -5 "$OUT/$name.log"; exit 1; }
-  printf '%s\t%d\n' "$name" $((SECONDS - start)) | tee -a "$timings"
-}
+source scripts/reproduce_common.sh  # stage, prepare_corpus_and_prompts
 
-# The corpus: the 13 Gutenberg books and the KJV, one paragraph per line (scripts/prepare_corpus.py).
-"$PYTHON" scripts/prepare_corpus.py "$OUT/corpus" "$SHARED_DATA"/gutenberg/*.txt "$SHARED_DATA"/kjv/kjv.txt
-cat > "$OUT/prompts.txt" <<'EOF'
-And God said unto Moses,
-It was a fine morning, and Emma
-The whale
-She looked at him and said that
-EOF
+prepare_corpus_and_prompts
 
 total_start=$SECONDS
 if [[ ! -f "$OUT/tokenizer/tokenizer.json" ]]; then

@@ -57,13 +57,7 @@ SAMPLER_FLAGS=(--gen-length 40 --steps 40 --block-length 4 --temperature 0.8 --t
 mkdir -p "$OUT" "$FIGURES"
 timings="$OUT/timings.tsv"
 [[ "$SWEEP" == 1 ]] || : > "$timings"  # a sweep resumes: the finished variants keep their timings
-stage() {  # stage NAME COMMAND...: run, time, and log to $OUT/NAME.log
-  local name=$1; shift
-  local start=$SECONDS
-  echo "== $name: $*"
-  "$@" > "$OUT/$name.log" 2>&1 || { echo "stage $name failed; see $OUT/$name.log"; tail -5 "$OUT/$name.log"; exit 1; }
-  printf '%s\t%d\n' "$name" $((SECONDS - start)) | tee -a "$timings"
-}
+source scripts/reproduce_common.sh  # stage, prepare_corpus_and_prompts
 evaluate() {  # evaluate RUN [EVAL FLAGS...]: held-out numbers into RUN/eval.json
   local run=$1; shift
   stage "eval_$run" "$DLM_JAX" eval --checkpoint "$OUT/$run" --data "$SHARED_DATA/wikitext-2-raw" \
@@ -78,14 +72,7 @@ sample() {  # sample RUN NAME [GENERATE FLAGS...]: samples from the prompts into
   echo "$*" > "$OUT/$run/$name.flags"
 }
 
-# The corpus: the 13 Gutenberg books and the KJV, one paragraph per line (scripts/prepare_corpus.py).
-"$PYTHON" scripts/prepare_corpus.py "$OUT/corpus" "$SHARED_DATA"/gutenberg/*.txt "$SHARED_DATA"/kjv/kjv.txt
-cat > "$OUT/prompts.txt" <<'EOF'
-And God said unto Moses,
-It was a fine morning, and Emma
-The whale
-She looked at him and said that
-EOF
+prepare_corpus_and_prompts
 
 total_start=$SECONDS
 [[ -f "$OUT/minilm/dlm_config.json" ]] || stage convert "$DLM_JAX" convert "$MINILM" "$OUT/minilm"
