@@ -1,0 +1,101 @@
+"""Where the bf16 forward's time goes on this CPU (a diagnostic, never a timed test).
+
+Prints, for the roberta-base shape (batch 8 x 128 = 1024 tokens, hidden 768, vocabulary 50265):
+  1. the rate of each product the forward runs, alone: float32, bf16 inputs with float32
+     accumulation (what ops.matmul asks for), and the same bf16 product with its right operand
+     stored transposed ([N, K], as the tied vocabulary decoder [V, H] is);
+  2. the bf16 forward split into the encoder (token ids -> hidden states) and the MLM head with
+     its vocabulary decoder, each jitted alone, beside the whole forward.
+The first part is what a kernel or layout change can win; the second says where to spend it.
+
+    python scripts/profile_forward.py [--family roberta|modernbert] [--repeats 7]
+    XLA_FLAGS=--xla_cpu_experimental_xnn_fusion_type=dot python scripts/profile_forward.py  # a flag's effect
+"""
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dlm_jax.models.params import encoder_with_params
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import converted, cpu_description, hf_masked_lm  # noqa: E402
+
+TOKENS, HIDDEN, VOCAB = 1024, 768, 50265
+
+
+def median_seconds(fn, *args, repeats):
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+# (K, N) of each product per token: RoBERTa's q/k/v/output, FFN in and out; ModernBERT's fused
+# Wqkv (and GeGLU Wi, the same shape), attention output, Wo; both end with the vocabulary decoder.
+PRODUCTS = {
+    "roberta": ((HIDDEN, HIDDEN), (HIDDEN, 3072), (3072, HIDDEN), (HIDDEN, VOCAB)),
+    "modernbert": ((HIDDEN, 3 * HIDDEN), (HIDDEN, HIDDEN), (1152, HIDDEN), (HIDDEN, VOCAB)),
+}
+
+
+def product_rates(family: str, repeats: int):
+    f32, bf16 = jnp.float32, jnp.bfloat16
+    accumulate = lambda a, b: jnp.matmul(a, b, preferred_element_type=f32)
+    print(f"{'product (M x K x N)':26s} {'f32':>8s} {'bf16':>8s} {'bf16, N x K operand':>20s}  GFLOP/s")
+    for k, n in PRODUCTS[family]:
+        x = jax.random.normal(jax.random.key(0), (TOKENS, k), f32)
+        w = jax.random.normal(jax.random.key(1), (k, n), f32)
+        w_t = jnp.asarray(np.asarray(w).T.copy())  # the same weights stored [N, K]
+        seconds_each = [
+            median_seconds(jax.jit(lambda a, b: a @ b), x, w, repeats=repeats),
+            median_seconds(jax.jit(accumulate), x.astype(bf16), w.astype(bf16), repeats=repeats),
+            median_seconds(jax.jit(lambda a, b: accumulate(a, b.T)), x.astype(bf16), w_t.astype(bf16), repeats=repeats),
+        ]
+        flops = 2 * TOKENS * k * n / 1e9
+        f32_rate, bf16_rate, transposed_rate = (flops / seconds for seconds in seconds_each)
+        print(f"{f'{TOKENS} x {k} x {n}':26s} {f32_rate:8.0f} {bf16_rate:8.0f} {transposed_rate:20.0f}")
+
+
+def forward_split(family: str, repeats: int):
+    torch_model = hf_masked_lm(family, vocab=VOCAB, hidden=HIDDEN, layers=12, length=128)
+    config, params = converted(torch_model)
+    ids = jnp.asarray(np.random.default_rng(0).integers(3, VOCAB, size=(8, 128)).astype(np.int32))
+    mask = jnp.ones_like(ids)
+    graphdef, state = nnx.split(encoder_with_params(config, params, dtype="bfloat16"))
+    whole = jax.jit(lambda s, i, m: nnx.merge(graphdef, s)(i, m))
+    encode = jax.jit(lambda s, i, m: nnx.merge(graphdef, s).encode(i, m))
+    head = jax.jit(lambda s, h: nnx.merge(graphdef, s).logits_from_hidden(h))
+    hidden = encode(state, ids, mask)
+    parts = {
+        "whole forward": median_seconds(whole, state, ids, mask, repeats=repeats),
+        "encoder": median_seconds(encode, state, ids, mask, repeats=repeats),
+        "head + vocabulary decoder": median_seconds(head, state, hidden, repeats=repeats),
+    }
+    print(f"\n{family} bf16 forward, batch 8 x 128, {config.num_hidden_layers} layers; median of {repeats}")
+    for name, seconds in parts.items():
+        print(f"{name:26s} {seconds:7.3f} s")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", choices=("roberta", "modernbert"), default="roberta")
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    print(f"CPU: {cpu_description()}; JAX {jax.__version__}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}\n")
+    product_rates(args.family, args.repeats)
+    forward_split(args.family, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
