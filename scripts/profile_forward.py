@@ -15,7 +15,6 @@ The first part is what a kernel or layout change can win; the second says where 
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -26,19 +25,15 @@ from flax import nnx
 from dlm_jax.models.params import encoder_with_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import converted, cpu_description, hf_masked_lm  # noqa: E402
+from bench_common import converted, cpu_description, hf_masked_lm, interleaved_medians  # noqa: E402
 
 TOKENS, HIDDEN, VOCAB = 1024, 768, 50265
 
 
-def median_seconds(fn, *args, repeats):
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+def wall_seconds(calls: dict, repeats: int) -> dict:
+    """{name: median wall seconds} of {name: (jitted function, its arguments)}, timed in turn."""
+    timed = {name: (lambda fn=fn, args=args: jax.block_until_ready(fn(*args))) for name, (fn, args) in calls.items()}
+    return {name: seconds for name, (seconds, _) in interleaved_medians(timed, repeats).items()}
 
 
 # (K, N) of each product per token: RoBERTa's q/k/v/output, FFN in and out; ModernBERT's fused
@@ -57,13 +52,19 @@ def product_rates(family: str, repeats: int):
         x = jax.random.normal(jax.random.key(0), (TOKENS, k), f32)
         w = jax.random.normal(jax.random.key(1), (k, n), f32)
         w_t = jnp.asarray(np.asarray(w).T.copy())  # the same weights stored [N, K]
-        seconds_each = [
-            median_seconds(jax.jit(lambda a, b: a @ b), x, w, repeats=repeats),
-            median_seconds(jax.jit(accumulate), x.astype(bf16), w.astype(bf16), repeats=repeats),
-            median_seconds(jax.jit(lambda a, b: accumulate(a, b.T)), x.astype(bf16), w_t.astype(bf16), repeats=repeats),
-        ]
+        x_bf16, w_bf16, w_t_bf16 = x.astype(bf16), w.astype(bf16), w_t.astype(bf16)
+        product, accumulated = jax.jit(lambda a, b: a @ b), jax.jit(accumulate)
+        transposed = jax.jit(lambda a, b: accumulate(a, b.T))
+        seconds = wall_seconds(
+            {
+                "f32": (product, (x, w)),
+                "bf16": (accumulated, (x_bf16, w_bf16)),
+                "bf16, N x K operand": (transposed, (x_bf16, w_t_bf16)),
+            },
+            repeats,
+        )
         flops = 2 * TOKENS * k * n / 1e9
-        f32_rate, bf16_rate, transposed_rate = (flops / seconds for seconds in seconds_each)
+        f32_rate, bf16_rate, transposed_rate = (flops / t for t in seconds.values())
         print(f"{f'{TOKENS} x {k} x {n}':26s} {f32_rate:8.0f} {bf16_rate:8.0f} {transposed_rate:20.0f}")
 
 
@@ -77,11 +78,14 @@ def forward_split(family: str, repeats: int):
     encode = jax.jit(lambda s, i, m: nnx.merge(graphdef, s).encode(i, m))
     head = jax.jit(lambda s, h: nnx.merge(graphdef, s).logits_from_hidden(h))
     hidden = encode(state, ids, mask)
-    parts = {
-        "whole forward": median_seconds(whole, state, ids, mask, repeats=repeats),
-        "encoder": median_seconds(encode, state, ids, mask, repeats=repeats),
-        "head + vocabulary decoder": median_seconds(head, state, hidden, repeats=repeats),
-    }
+    parts = wall_seconds(
+        {
+            "whole forward": (whole, (state, ids, mask)),
+            "encoder": (encode, (state, ids, mask)),
+            "head + vocabulary decoder": (head, (state, hidden)),
+        },
+        repeats,
+    )
     print(f"\n{family} bf16 forward, batch 8 x 128, {config.num_hidden_layers} layers; median of {repeats}")
     for name, seconds in parts.items():
         print(f"{name:26s} {seconds:7.3f} s")
