@@ -26,11 +26,14 @@ model dir, a training workdir or a HF dir) adds its rows, with prompts cut from 
 speed. Beside them, a Fast-dLLM-style dual-cache loop written here in PyTorch over transformers'
 model with the same weights and the same rule (full forward at each block start keeping every
 layer's keys and values, then forwards over the block only; commits as above), at 1 thread and
-at all threads, the faster counting; "same tokens" there is against our dual cache.
+at all threads, the faster counting; "same tokens" there is against our dual cache. A control
+row, cache=None with bfloat16 compute against float32, measures how far rounding alone moves
+greedy decoding on the model. --threshold T (with --checkpoint) adds Fast-dLLM's threshold rule
+(steps bound = gen length): none, dual refreshed at block starts, dual with K = 2.
 
     python scripts/bench_sampler.py [--sizes tiny small base] [--steps 16] [--dtypes float32 bfloat16]
     python scripts/bench_sampler.py --sizes --cache-sizes small base [--checkpoint runs/quickstart]
-        [--prompt-length 64 --gen-length 128 --block-length 32 --cache-steps 32 --refresh 1 2 4]
+        [--prompt-length 64 --gen-length 128 --block-length 32 --cache-steps 32 --refresh 1 2 4] [--threshold 0.9]
 """
 
 import argparse
@@ -55,7 +58,7 @@ from dlm_jax.convert import encoder_config_from_hf, export_hf, params_from_hf
 from dlm_jax.models.params import encoder_with_params, params_of
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import converted, hf_masked_lm  # noqa: E402
+from bench_common import converted, cpu_description, hf_masked_lm  # noqa: E402
 
 SHAPES = {
     "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
@@ -266,19 +269,40 @@ def trained_model(path):
     return model.config, params_of(model.encoder), model.tokenizer, torch_model
 
 
-def bench_cache(label, config, params, torch_model, prompts, args, dtype):
+def bench_cache(label, config, params, torch_model, prompts, args, dtype, trained):
+    """Rows of part 2 for one model: (cache, K, rule) -> time, speed-up and agreement against the
+    same rule uncached. The control row ("none" in bfloat16 against float32) is the same exact
+    sampler with only the rounding changed: the agreement an approximation cannot beat by much on
+    this model, since one changed commit changes what greedy decoding writes after it."""
     gen, block, steps = args.gen_length, args.block_length, args.cache_steps
     per_block = steps // (gen // block)
     model = Model(config, encoder_with_params(config, params, dtype=dtype))
-    common = dict(gen_length=gen, steps=steps, block_length=block)
-    runs = {("none", "-"): lambda: sampling.generate(model, prompts, **common)}
+    common = dict(gen_length=gen, block_length=block)
+    counted = dict(common, steps=steps)
+    rule = "low_confidence"
+    runs = {("none", "-", rule): lambda: sampling.generate(model, prompts, **counted)}
     for k in sorted(set(args.refresh) | {per_block}):
-        runs[("dual", k)] = lambda k=k: sampling.generate(model, prompts, cache="dual", refresh_every=k, **common)
-    runs[("prefix", per_block)] = lambda: sampling.generate(model, prompts, cache="prefix", **common)
+        runs[("dual", k, rule)] = lambda k=k: sampling.generate(
+            model, prompts, cache="dual", refresh_every=k, **counted
+        )
+    runs[("prefix", per_block, rule)] = lambda: sampling.generate(model, prompts, cache="prefix", **counted)
+    if dtype == "float32":
+        control = Model(config, encoder_with_params(config, params, dtype="bfloat16"))
+        runs[("none", "-", "low_confidence, bfloat16 (control)")] = lambda: sampling.generate(
+            control, prompts, **counted
+        )
+    if trained and args.threshold is not None:  # Fast-dLLM's setting; `gen` steps is only the bound
+        threshold = f"threshold {args.threshold}"
+        rule_args = dict(common, steps=gen, remasking="threshold", confidence_threshold=args.threshold)
+        runs[("none", "-", threshold)] = lambda: sampling.generate(model, prompts, **rule_args)
+        for k in (None, 2):
+            runs[("dual", k or "block", threshold)] = lambda k=k: sampling.generate(
+                model, prompts, cache="dual", refresh_every=k, **rule_args
+            )
     canvas = torch.tensor(np.concatenate([prompts, np.full((len(prompts), gen), config.mask_token_id)], 1))
     if torch_model is not None and dtype == "float32":
         for threads in sorted({1, torch.get_num_threads()}):
-            runs[("torch", threads)] = with_threads(
+            runs[("torch", threads, rule)] = with_threads(
                 threads,
                 lambda: torch_dual_cache_generate(
                     torch_model, canvas, prompts.shape[1], block, steps, config.mask_token_id, config.position_offset
@@ -294,20 +318,21 @@ def bench_cache(label, config, params, torch_model, prompts, args, dtype):
     torch.set_num_threads(os.cpu_count())
     t = {key: float(np.median(v)) for key, v in times.items()}
     same = lambda a, b: float((outputs[a][:, prompts.shape[1] :] == outputs[b][:, prompts.shape[1] :]).mean())
-    dual = ("dual", per_block)
+    uncached = lambda key: ("none", "-", rule if key[2].endswith("(control)") else key[2])
     for key in runs:
         if key[0] == "torch":
             continue
+        ref = uncached(key)
         print(
-            f"| {label} | {dtype} | {key[0]} | {key[1]} | {t[key]:.3f} | {t[('none', '-')] / t[key]:.2f}x | "
-            f"{same(key, ('none', '-')):.1%} | {first[key] - t[key]:.1f} |",
+            f"| {label} | {dtype} | {key[2]} | {key[0]} | {key[1]} | {t[key]:.3f} | {t[ref] / t[key]:.2f}x | "
+            f"{same(key, ref):.1%} | {first[key] - t[key]:.1f} |",
             flush=True,
         )
     torch_runs = [key for key in runs if key[0] == "torch"]
     if torch_runs:
-        best = min(torch_runs, key=t.get)
+        best, dual = min(torch_runs, key=t.get), ("dual", per_block, rule)
         print(
-            f"| {label} | {dtype} | torch dual-cache loop ({best[1]} threads) | {per_block} | {t[best]:.3f} | "
+            f"| {label} | {dtype} | {rule} | torch dual-cache loop ({best[1]} threads) | {per_block} | {t[best]:.3f} | "
             f"ours dual {t[best] / t[dual]:.2f}x faster | {same(best, dual):.1%} of ours dual | - |",
             flush=True,
         )
@@ -327,9 +352,12 @@ def main():
     parser.add_argument("--block-length", type=int, default=32)
     parser.add_argument("--cache-steps", type=int, default=32)
     parser.add_argument("--refresh", type=int, nargs="*", default=[1, 2, 4], help="K of the curve")
+    parser.add_argument(
+        "--threshold", type=float, help="also rows of the threshold rule (Fast-dLLM's), none against dual"
+    )
     args = parser.parse_args()
     print(
-        f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
+        f"CPU: {cpu_description()}; jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads); load average {os.getloadavg()[0]:.1f} at start"
     )
     if args.sizes:
@@ -354,10 +382,11 @@ def main():
         return
     print(
         f"\nPart 2: batch {BATCH}, prompt {args.prompt_length} + {args.gen_length} generated in blocks of "
-        f"{args.block_length}, {args.cache_steps} steps, greedy low_confidence, median of {args.repeats}"
+        f"{args.block_length}, {args.cache_steps} steps, greedy (argmax) proposals, median of {args.repeats}"
     )
     header = (
-        "| model | dtype | cache | K | generate s | speed-up vs cache=None | same tokens as cache=None | compile s |"
+        "| model | dtype | rule | cache | K | generate s | speed-up vs cache=None | same tokens as uncached "
+        "| compile s |"
     )
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
@@ -376,16 +405,17 @@ def main():
                 params,
                 torch_model,
                 text_prompts(tokenizer, BATCH, args.prompt_length),
+                True,
             )
         )
     for name in args.cache_sizes:
         config, params, torch_model = random_model(name)
         prompts = np.random.default_rng(0).integers(3, 50000, (BATCH, args.prompt_length))
         prompts[:, 0] = 0
-        models.append((f"{name} (random)", config, params, torch_model, prompts))
-    for label, config, params, torch_model, prompts in models:
+        models.append((f"{name} (random)", config, params, torch_model, prompts, False))
+    for label, config, params, torch_model, prompts, trained in models:
         for dtype in args.cache_dtypes:
-            bench_cache(label, config, params, torch_model, prompts, args, dtype)
+            bench_cache(label, config, params, torch_model, prompts, args, dtype, trained)
 
 
 if __name__ == "__main__":
