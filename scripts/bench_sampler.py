@@ -280,6 +280,7 @@ def bench_cache(label, config, params, torch_model, prompts, args, dtype, traine
     common = dict(gen_length=gen, block_length=block)
     counted = dict(common, steps=steps)
     rule = "low_confidence"
+    control = ("none", "-", f"{rule}, bfloat16 (control)")  # compared with the float32 rule uncached
     runs = {("none", "-", rule): lambda: sampling.generate(model, prompts, **counted)}
     for k in sorted(set(args.refresh) | {per_block}):
         runs[("dual", k, rule)] = lambda k=k: sampling.generate(
@@ -287,10 +288,8 @@ def bench_cache(label, config, params, torch_model, prompts, args, dtype, traine
         )
     runs[("prefix", per_block, rule)] = lambda: sampling.generate(model, prompts, cache="prefix", **counted)
     if dtype == "float32":
-        control = Model(config, encoder_with_params(config, params, dtype="bfloat16"))
-        runs[("none", "-", "low_confidence, bfloat16 (control)")] = lambda: sampling.generate(
-            control, prompts, **counted
-        )
+        bf16_model = Model(config, encoder_with_params(config, params, dtype="bfloat16"))
+        runs[control] = lambda: sampling.generate(bf16_model, prompts, **counted)
     if trained and args.threshold is not None:  # Fast-dLLM's setting; `gen` steps is only the bound
         threshold = f"threshold {args.threshold}"
         rule_args = dict(common, steps=gen, remasking="threshold", confidence_threshold=args.threshold)
@@ -318,11 +317,10 @@ def bench_cache(label, config, params, torch_model, prompts, args, dtype, traine
     torch.set_num_threads(os.cpu_count())
     t = {key: float(np.median(v)) for key, v in times.items()}
     same = lambda a, b: float((outputs[a][:, prompts.shape[1] :] == outputs[b][:, prompts.shape[1] :]).mean())
-    uncached = lambda key: ("none", "-", rule if key[2].endswith("(control)") else key[2])
     for key in runs:
         if key[0] == "torch":
             continue
-        ref = uncached(key)
+        ref = ("none", "-", rule if key == control else key[2])
         print(
             f"| {label} | {dtype} | {key[2]} | {key[0]} | {key[1]} | {t[key]:.3f} | {t[ref] / t[key]:.2f}x | "
             f"{same(key, ref):.1%} | {first[key] - t[key]:.1f} |",
