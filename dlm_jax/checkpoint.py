@@ -138,9 +138,9 @@ def read_any(path, step: int | None = None):
     )
 
 
-def trained_seq_len(path) -> int | None:
-    """The sequence length a training workdir (or one of its step directories) was trained at,
-    from its config.json; None for other model paths."""
+def training_config(path) -> dict | None:
+    """The training config a workdir (or one of its step directories) was trained with, as the
+    dict of its config.json; None for other model paths or an unreadable file."""
     import json
 
     workdir, _ = workdir_and_step(path)
@@ -148,6 +148,16 @@ def trained_seq_len(path) -> int | None:
     if not is_workdir(workdir) or not config.is_file():
         return None
     try:
-        return int(json.loads(config.read_text())["seq_len"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        parsed = json.loads(config.read_text())
+    except json.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def trained_seq_len(path) -> int | None:
+    """The sequence length a training workdir (or one of its step directories) was trained at;
+    None for other model paths."""
+    try:
+        return int(training_config(path)["seq_len"])
+    except (KeyError, TypeError, ValueError):
         return None

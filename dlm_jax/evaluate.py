@@ -429,7 +429,9 @@ def evaluate(
     log=lambda message: None,
 ) -> dict:
     """NELBO, accuracy by mask ratio and sample statistics of `checkpoint` (a workdir's latest
-    checkpoint, or `step`) on the held-out split of `data_spec`.
+    checkpoint, or `step`) on the held-out split of `data_spec`. data_spec None is the data a
+    training workdir was trained on (the built-in corpus when it had none); for a local text,
+    which has no held-out split, the result then says that it scored the training text.
 
     Defaults that fit the checkpoint: seq_len None is the length a training workdir was trained
     at, else min(128, the model's positions); gen_length None is what fits the model's positions
@@ -456,6 +458,17 @@ def evaluate(
     except UserError as err:
         raise UserError(f"--checkpoint: {err}") from None
     config = model.config
+    trained_on = None
+    if data_spec is None:
+        training = checkpoint_lib.training_config(checkpoint)
+        if training is None:
+            raise UserError(
+                f"--data is needed: {checkpoint} is not a training workdir, so there is no training data to "
+                "fall back on; pass --data tfds:NAME, a text file or a folder of them"
+            )
+        trained_on = data.spec_or_default_corpus(training.get("data"))
+        # A TFDS spec that named its training split is evaluated on the dataset's held-out split.
+        data_spec = "tfds:" + trained_on[5:].partition(":")[0] if trained_on.startswith("tfds:") else trained_on
     if model.tokenizer is None:
         raise UserError(f"--checkpoint {checkpoint} has no tokenizer files; save the tokenizer beside the model")
     if seq_len is None:
@@ -481,12 +494,23 @@ def evaluate(
             temperature=temperature,
         )
     split = split or data.held_out_split(data_spec)
+    training_text = trained_on is not None and split == "train"  # a local text has no held-out part
+    if trained_on is not None:
+        held_out = "its training text, not held out" if training_text else f"its {split} split"
+        log(f"no --data: the data {checkpoint} was trained on, {data_spec}: {held_out}")
     dataset = data.prepare_dataset(
         data_spec, model.tokenizer, seq_len, cache_dir=cache_dir or data.cache_home(), split=split
     )
     _check_dataset(dataset, config)
     judge_model = load_judge(judge) if judge and num_samples else None
-    results = {"checkpoint": str(checkpoint), "data": str(data_spec), "split": split, "seq_len": seq_len, "seed": seed}
+    results = {
+        "checkpoint": str(checkpoint),
+        "data": str(data_spec),
+        "split": split,
+        "training_text": training_text,
+        "seq_len": seq_len,
+        "seed": seed,
+    }
 
     num_sequences = len(dataset) if max_sequences is None else min(len(dataset), max_sequences)
     log(f"NELBO: {nelbo_samples} draws x {num_sequences} sequences")

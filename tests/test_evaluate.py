@@ -326,6 +326,8 @@ def test_cli_bad_input_is_one_line(capsys, tmp_path, hf_roberta, held_out_text):
     (tmp_path / "empty").mkdir()
     status, _, err = run_eval(capsys, "--checkpoint", tmp_path / "empty", "--data", held_out_text)
     assert status == 2 and "is not a dlm-jax model directory" in one_error_line(err)
+    status, _, err = run_eval(capsys, "--checkpoint", hf_roberta)
+    assert status == 2 and "--data is needed" in one_error_line(err)
 
     few = tmp_path / "few.txt"
     few.write_text("Too short for one sequence.")
@@ -411,6 +413,22 @@ def test_defaults_and_step_fit_the_workdir(tmp_path, workdir, held_out_text):
     # a checkpoint step directory is that step (read by checkpoint.read_any)
     with pytest.raises(UserError, match=r"^--checkpoint: .*checkpoints/1 is the checkpoint of step 1 but step 2"):
         evaluate.evaluate(workdir / "checkpoints" / "1", held_out_text, step=2, **settings)
+
+
+def test_without_data_a_workdir_is_scored_on_its_training_data(tmp_path, workdir, shared_data, hf_roberta):
+    from dlm_jax.cli.evaluate import table
+
+    settings = {"batch_size": 2, "max_sequences": 2, "nelbo_samples": 1, "num_samples": 0, "cache_dir": tmp_path}
+    messages = []
+    defaulted = evaluate.evaluate(workdir, None, log=messages.append, **settings)
+    given = evaluate.evaluate(workdir, str(shared_data / "tinyshakespeare" / "input.txt"), **settings)
+    assert defaulted["data"] == given["data"] and defaulted["nelbo_nats"] == given["nelbo_nats"]
+    # a local text has no held-out split: the result and the table say it scored the training text
+    assert defaulted["training_text"] and not given["training_text"]
+    assert "; the training text, not held out" in table(defaulted) and "not held out" not in table(given)
+    assert any(message.startswith("no --data: the data") for message in messages)
+    with pytest.raises(UserError, match=r"^--data is needed: .* is not a training workdir"):
+        evaluate.evaluate(hf_roberta, None, **settings)
 
 
 def test_nelbo_shows_a_progress_bar_on_a_terminal(encoder):

@@ -25,7 +25,11 @@ def add_parser(subparsers, name):
         help="a dlm-jax model dir, a training workdir (or one of its checkpoints/STEP dirs) or a HF dir",
     )
     p.add_argument("--step", type=non_negative_int, help="the workdir checkpoint to evaluate (default: latest)")
-    p.add_argument("--data", required=True, help="tfds:NAME[/CONFIG][:SPLIT] or a local text file/directory")
+    p.add_argument(
+        "--data",
+        help="tfds:NAME[/CONFIG][:SPLIT] or a local text file/directory (default for a training workdir: the "
+        "data it was trained on, whose test split is held out; a local text has none, so it is scored whole)",
+    )
     p.add_argument("--split", help="split to evaluate (default: test for TFDS and WikiText, else the whole data)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.add_argument(
@@ -114,7 +118,8 @@ def json_safe(value):
 def table(r) -> str:
     lines = [
         f"checkpoint   {r['checkpoint']}",
-        f"data         {r['data']} (split {r['split']}, {r['num_sequences']} sequences of {r['seq_len']} tokens)",
+        f"data         {r['data']} (split {r['split']}, {r['num_sequences']} sequences of {r['seq_len']} tokens)"
+        + ("; the training text, not held out" if r.get("training_text") else ""),
         f"NELBO        {r['nelbo_nats']:.4f} ± {r['nelbo_stderr']:.4f} nats/token"
         f" = {r['nelbo_bits_per_token']:.4f} ± {r['nelbo_bits_stderr']:.4f} bits/token"
         f" ({r['nelbo_samples']} draws of t per sequence)",

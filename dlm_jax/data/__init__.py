@@ -15,7 +15,7 @@ The path of a corpus through this package:
 
 from dlm_jax.data.batches import BatchIterator, batches_in_order
 from dlm_jax.data.bpe import SPECIAL_TOKENS, train_tokenizer
-from dlm_jax.data.sources import WIKITEXT_SPLITS, cache_home, default_corpus, held_out_split
+from dlm_jax.data.sources import WIKITEXT_SPLITS, cache_home, default_corpus, held_out_split, spec_or_default_corpus
 
 _CACHE_NAMES = ("prepare_dataset", "PackedDataset")
 
@@ -38,5 +38,6 @@ __all__ = [
     "default_corpus",
     "held_out_split",
     "prepare_dataset",
+    "spec_or_default_corpus",
     "train_tokenizer",
 ]

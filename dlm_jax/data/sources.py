@@ -253,6 +253,12 @@ def prose_paragraphs(text: str) -> list[str]:
     )
 
 
+def spec_or_default_corpus(spec: str | None) -> str:
+    """`spec`, or the built-in corpus (`default_corpus`) where none is given: what a training run
+    without --data reads."""
+    return spec if spec is not None else str(default_corpus())
+
+
 def default_corpus(cache_dir=None) -> Path:
     """The prose of this Python's standard library docstrings as one text file (about 1.2 MB).
 

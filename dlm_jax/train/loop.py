@@ -61,7 +61,9 @@ def resolve_model(config: TrainConfig, workdir: epath.Path, reuse_workdir_tokeni
         tokenizer_dir = workdir / STAGING_DIR / "tokenizer"
         if jax.process_index() == 0:
             with checkpointing.locally(tokenizer_dir, upload=True) as local:
-                tokenizer = data.train_tokenizer(_data_spec(config), local, config.tokenizer_vocab_size)
+                tokenizer = data.train_tokenizer(
+                    data.spec_or_default_corpus(config.data), local, config.tokenizer_vocab_size
+                )
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("dlm_jax tokenizer")
             with checkpointing.locally(tokenizer_dir, upload=False) as local:
@@ -75,10 +77,6 @@ def resolve_model(config: TrainConfig, workdir: epath.Path, reuse_workdir_tokeni
         eos_token_id=ids["eos"],
     )
     return dataclasses.replace(config, model=model), tokenizer, None
-
-
-def _data_spec(config: TrainConfig) -> str:
-    return config.data if config.data is not None else str(data.default_corpus())
 
 
 def _reuse_workdir_tokenizer(config: TrainConfig, workdir: epath.Path, resume_step: int | None) -> bool:
@@ -222,7 +220,9 @@ def _train(config: TrainConfig, workdir: epath.Path, stop_on_signal: bool, allow
             if resume_step >= config.steps:
                 say(f"{workdir} already holds step {resume_step} >= steps={config.steps}; nothing to do")
                 return {"step": resume_step}
-        dataset = data.prepare_dataset(_data_spec(config), tokenizer, config.seq_len, cache_dir=data.cache_home())
+        dataset = data.prepare_dataset(
+            data.spec_or_default_corpus(config.data), tokenizer, config.seq_len, cache_dir=data.cache_home()
+        )
         batches = data.BatchIterator(
             dataset,
             config.batch_size,
