@@ -106,6 +106,17 @@ def test_step_flops_count_every_matmul_kernel_of_each_family():
         assert step_flops(config, seq, 512, 100) == per_token * 512 + 6 * h * vocab * 100, config.model_type
 
 
+def test_start_up_line_advises_float32_only_where_bf16_products_are_clearly_slower():
+    """An AVX2-only CPU converts bf16 products (0.052 against 0.130 TFLOP/s on one): the line says
+    so and names the fix; within noise of float32, or faster (AMX, avx512_bf16), it says nothing."""
+    from dlm_jax.train.metrics import slower_than_float32
+
+    advice = slower_than_float32(0.052, 0.130)
+    assert "slower than float32 (0.130)" in advice and "--set dtype=float32" in advice
+    assert slower_than_float32(0.110, 0.130) == ""  # within 20%
+    assert slower_than_float32(1.44, 0.28) == ""
+
+
 def test_parallel_modes_and_accumulation_agree(tmp_path, corpus, tokenizer_dir):
     steps = ("steps=3",)
     _, one = run(tmp_path / "one", corpus, tokenizer_dir, *steps, "mesh.data=1")

@@ -106,7 +106,21 @@ def peak_tflops(override: float | None, dtype, num_devices: int) -> tuple[float,
         if name.lower() in kind.lower():
             return tflops * num_devices, f"{kind}: {tflops} per device"
     per_host = measure_matmul_tflops(dtype)
-    return per_host * jax.process_count(), f"measured {kind} matmul ceiling {per_host:.3f} per host"
+    source = f"measured {kind} matmul ceiling {per_host:.3f} per host"
+    if jnp.dtype(dtype) != jnp.float32:
+        source += slower_than_float32(per_host, measure_matmul_tflops(jnp.float32))
+    return per_host * jax.process_count(), source
+
+
+def slower_than_float32(low_precision: float, float32: float) -> str:
+    """The start-up line's advice when this CPU's bf16 products are clearly slower than its
+    float32 ones (a CPU without bf16 matrix instructions, e.g. AVX2 only, converts them)."""
+    if low_precision >= 0.8 * float32:
+        return ""
+    return (
+        f"; bf16 products are slower than float32 ({float32:.3f}) on this CPU: "
+        "a wide model may train faster with --set dtype=float32"
+    )
 
 
 def say(message: str, *, every_process: bool = False) -> None:
