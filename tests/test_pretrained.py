@@ -66,4 +66,13 @@ def test_minilm_converts_matches_pytorch_and_round_trips(minilm_dir, real_text, 
     with torch.no_grad():
         out = exported(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), output_hidden_states=True)
     assert np.abs(out.hidden_states[-1].numpy() - theirs)[real].max() <= TOL
-    assert np.abs(out.logits.numpy() - model.logits(ids, mask))[real].max() <= TOL
+    # The real logits reach |7| and pass a LayerNorm after six layers, so float32 rounding alone
+    # moves them by ~1e-5 and the order of the sums (which differs by CPU ISA) decides the last
+    # digit: measured against PyTorch float32, 9.0e-6 on a Zen 4 and 1.05e-5 on an AVX2-only EPYC.
+    # So the logits are judged against the exported model run in float64, the exact answer:
+    # ours must be within 1e-5 of it or at most twice as far from it as PyTorch's own float32.
+    with torch.no_grad():
+        exact = exported.double()(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    ours_error = np.abs(model.logits(ids, mask) - exact)[real].max()
+    pytorch_error = np.abs(out.logits.numpy() - exact)[real].max()
+    assert ours_error <= max(TOL, 2 * pytorch_error), (ours_error, pytorch_error)
