@@ -68,7 +68,7 @@ def test_minilm_converts_matches_pytorch_and_round_trips(minilm_dir, real_text, 
     assert np.abs(out.hidden_states[-1].numpy() - theirs)[real].max() <= TOL
     # The real logits reach |7| and pass a LayerNorm after six layers, so float32 rounding alone
     # moves them by ~1e-5 and the order of the sums (which differs by CPU ISA) decides the last
-    # digit: measured against PyTorch float32, 9.0e-6 on a Zen 4 and 1.05e-5 on an AVX2-only EPYC.
+    # digit: measured against PyTorch float32, 9.0e-6 on a Zen 5 EPYC and 1.05e-5 on an AVX2-only one.
     # So the logits are judged against the exported model run in float64, the exact answer:
     # ours must be within 1e-5 of it or at most twice as far from it as PyTorch's own float32.
     with torch.no_grad():
