@@ -162,6 +162,26 @@ def test_bfloat16_compute_stays_close_to_float32(pair):
     assert agree >= 0.9, agree
 
 
+def test_bfloat16_inference_stores_matrices_in_bf16(pair):
+    """In bf16, encoder_with_params stores every matrix in bf16 and every vector in float32, and
+    computes exactly what the float32-stored encoder computes in bf16 from the same rounded
+    matrices: storing them changes no product, only when the rounding happens."""
+    from dlm_jax.models.params import flatten, params_of
+
+    _, encoder, ids, mask = pair
+    params = params_of(encoder)
+    low = encoder_with_params(encoder.config, params, dtype="bfloat16")
+    stored = {path: leaf.dtype for path, leaf in flatten(params_of(low)).items()}
+    assert stored == {
+        path: jnp.bfloat16 if leaf.ndim >= 2 else jnp.float32 for path, leaf in flatten(params).items()
+    }
+    rounded = jax.tree.map(lambda x: x.astype(jnp.bfloat16).astype(jnp.float32) if x.ndim >= 2 else x, params)
+    reference = encoder_with_params(encoder.config, rounded)
+    reference.dtype = jnp.bfloat16
+    ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+    np.testing.assert_array_equal(np.asarray(low(ids, mask)), np.asarray(reference(ids, mask)))
+
+
 @pytest.mark.parametrize("name", ["roberta", "modernbert"])
 def test_training_follows_pytorch_step_for_step(name):
     """Gradients, not just the forward: the same masked-LM loss optimised with AdamW from the same

@@ -1,8 +1,9 @@
 """Building blocks every encoder family shares, and what a family must provide on top of them.
 
-Parameters are float32; the compute dtype (float32 or bfloat16) is passed to each call: in
+Parameters are float32 (for inference in bfloat16 the matrices may be stored in bf16:
+params.encoder_with_params); the compute dtype (float32 or bfloat16) is passed to each call: in
 bfloat16 every matmul takes bf16 inputs and accumulates in float32 (`ops.matmul`), while
-LayerNorm, softmax statistics and residuals stay float32. Numerics follow HuggingFace exactly:
+LayerNorm, softmax statistics, embedding rows and residuals stay float32. Numerics follow HuggingFace exactly:
 LayerNorm eps from the config (not Flax's 1e-6) and exact erf GELU (not the tanh approximation).
 """
 
@@ -88,7 +89,8 @@ class Embed(nnx.Module):
         self.embedding = normal(rngs, (num, size), std, truncated=truncated)
 
     def __call__(self, ids):
-        return jnp.take(self.embedding[...], ids, axis=0)
+        """Rows in float32, whatever the table is stored in (params.encoder_with_params)."""
+        return jnp.take(self.embedding[...], ids, axis=0).astype(jnp.float32)
 
 
 def attend(q, k, v, mask, dtype, implementation):

@@ -61,10 +61,21 @@ def params_of(encoder) -> dict:
 def encoder_with_params(
     config: EncoderConfig, params: dict, *, dtype: str = "float32", remat: bool = False, attention: str | None = None
 ):
-    """An encoder holding `params` (pure dict) and computing in `dtype`."""
+    """An encoder holding `params` (pure dict) and computing in `dtype`, for inference.
+
+    In a low-precision dtype every matrix (the matmul kernels and the embedding tables, the tied
+    vocabulary decoder among them) is stored in that dtype and vectors (norm scales, biases) stay
+    float32. The products are the same (ops.matmul rounds its inputs to the compute dtype
+    anyway; only embedding rows are rounded where they were not), but a jitted forward no longer
+    converts every weight at every call: XLA keeps no converted copy between calls, and on 2
+    CPU cores the conversions were a sixth of a bf16 roberta-base forward (docs/benchmarks.md).
+    Training builds its encoders from float32 params (train.loop), never through here."""
     encoder = nnx.eval_shape(lambda: new_encoder(config, dtype=dtype, remat=remat, attention=attention))
     state = nnx.state(encoder, nnx.Param)
-    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
+    stored = compute_dtype(dtype)
+    nnx.replace_by_pure_dict(
+        state, jax.tree.map(lambda x: jnp.asarray(x, stored if jnp.ndim(x) >= 2 else None), params)
+    )
     nnx.update(encoder, state)
     return encoder
 
