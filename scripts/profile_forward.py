@@ -7,13 +7,20 @@ Prints, for the roberta-base shape (batch 8 x 128 = 1024 tokens, hidden 768, voc
   2. the bf16 forward split into the encoder (token ids -> hidden states) and the MLM head with
      its vocabulary decoder, each jitted alone, beside the whole forward.
 The first part is what a kernel or layout change can win; the second says where to spend it.
+With --trace DIR, also a profiler trace of three whole forwards written to DIR (open it in
+TensorBoard or xprof) and, where the `xprof` package is installed (it is not a dependency:
+`pip install xprof`), the time per kind of XLA op per forward, so a flag or layout change can be
+read off op by op.
 
-    python scripts/profile_forward.py [--family roberta|modernbert] [--repeats 7]
+    python scripts/profile_forward.py [--family roberta|modernbert] [--repeats 7] [--trace /tmp/trace]
     XLA_FLAGS=--xla_cpu_experimental_xnn_fusion_type=dot python scripts/profile_forward.py  # a flag's effect
 """
 
 import argparse
+import collections
+import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -89,16 +96,51 @@ def forward_split(family: str, repeats: int):
     print(f"\n{family} bf16 forward, batch 8 x 128, {config.num_hidden_layers} layers; median of {repeats}")
     for name, seconds in parts.items():
         print(f"{name:26s} {seconds:7.3f} s")
+    return whole, (state, ids, mask)
+
+
+def trace_ops(forward, args, directory: str, calls: int = 3):
+    """A profiler trace of `calls` forwards in `directory`; with xprof, the ms per op kind per call."""
+    jax.block_until_ready(forward(*args))
+    jax.profiler.start_trace(directory)
+    for _ in range(calls):
+        jax.block_until_ready(forward(*args))
+    jax.profiler.stop_trace()
+    print(f"\ntrace of {calls} forwards in {directory}")
+    try:
+        from xprof.convert.raw_to_tool_data import xspace_to_tool_data
+    except ImportError:
+        print("(pip install xprof for the time per op kind)")
+        return
+    events = []
+    for pb in sorted(Path(directory).rglob("*.xplane.pb"))[-1:]:
+        data, _ = xspace_to_tool_data([str(pb)], "trace_viewer@", {})
+        events = json.loads(data)["traceEvents"]
+    per_kind = collections.Counter()
+    for event in events:
+        name = event.get("name", "")
+        # XLA's ops (fusions, thunks) only: runtime bookkeeping and thread-pool regions overlap them
+        if event.get("ph") == "X" and not name.startswith(("$", "Thunk", "Threadpool", "Slinky", "Pjit", "Common")):
+            per_kind[re.sub(r"\.\d+$", "", name)] += event.get("dur", 0) / 1e3 / calls
+    print(f"{'op kind':32s} {'ms per forward':>14s}")
+    for kind, ms in per_kind.most_common(12):
+        print(f"{kind:32s} {ms:14.1f}")
+    print(f"{'all ops':32s} {sum(per_kind.values()):14.1f}")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=("roberta", "modernbert"), default="roberta")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--trace", metavar="DIR", help="also write a profiler trace of the whole forward here")
     args = parser.parse_args()
+    if args.trace:  # XLA's per-op trace annotations; read when the CPU backend starts, so set first
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_enable_xprof_traceme=true"
     print(f"CPU: {cpu_description()}; JAX {jax.__version__}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}\n")
     product_rates(args.family, args.repeats)
-    forward_split(args.family, args.repeats)
+    forward, forward_args = forward_split(args.family, args.repeats)
+    if args.trace:
+        trace_ops(forward, forward_args, args.trace)
 
 
 if __name__ == "__main__":
