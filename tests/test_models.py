@@ -172,9 +172,7 @@ def test_bfloat16_inference_stores_matrices_in_bf16(pair):
     params = params_of(encoder)
     low = encoder_with_params(encoder.config, params, dtype="bfloat16")
     stored = {path: leaf.dtype for path, leaf in flatten(params_of(low)).items()}
-    assert stored == {
-        path: jnp.bfloat16 if leaf.ndim >= 2 else jnp.float32 for path, leaf in flatten(params).items()
-    }
+    assert stored == {path: jnp.bfloat16 if leaf.ndim >= 2 else jnp.float32 for path, leaf in flatten(params).items()}
     rounded = jax.tree.map(lambda x: x.astype(jnp.bfloat16).astype(jnp.float32) if x.ndim >= 2 else x, params)
     reference = encoder_with_params(encoder.config, rounded)
     reference.dtype = jnp.bfloat16
