@@ -112,10 +112,8 @@ def trace_ops(forward, args, directory: str, calls: int = 3):
     except ImportError:
         print("(pip install xprof for the time per op kind)")
         return
-    events = []
-    for pb in sorted(Path(directory).rglob("*.xplane.pb"))[-1:]:
-        data, _ = xspace_to_tool_data([str(pb)], "trace_viewer@", {})
-        events = json.loads(data)["traceEvents"]
+    latest = sorted(Path(directory).rglob("*.xplane.pb"))[-1]  # this run's, if DIR held older ones
+    events = json.loads(xspace_to_tool_data([str(latest)], "trace_viewer@", {})[0])["traceEvents"]
     per_kind = collections.Counter()
     for event in events:
         name = event.get("name", "")

@@ -3,8 +3,9 @@
 Parameters are float32 (for inference in bfloat16 the matrices may be stored in bf16:
 params.encoder_with_params); the compute dtype (float32 or bfloat16) is passed to each call: in
 bfloat16 every matmul takes bf16 inputs and accumulates in float32 (`ops.matmul`), while
-LayerNorm, softmax statistics, embedding rows and residuals stay float32. Numerics follow HuggingFace exactly:
-LayerNorm eps from the config (not Flax's 1e-6) and exact erf GELU (not the tanh approximation).
+LayerNorm, softmax statistics, embedding rows and residuals stay float32. Numerics follow
+HuggingFace exactly: LayerNorm eps from the config (not Flax's 1e-6) and exact erf GELU (not the
+tanh approximation).
 """
 
 import jax
