@@ -117,7 +117,7 @@ def trace_ops(forward, args, directory: str, calls: int = 3):
     per_kind = collections.Counter()
     for event in events:
         name = event.get("name", "")
-        # XLA's ops (fusions, thunks) only: runtime bookkeeping and thread-pool regions overlap them
+        # XLA's ops only: the executor's own spans (Thunk*, Pjit*, ...) and thread-pool regions overlap them
         if event.get("ph") == "X" and not name.startswith(("$", "Thunk", "Threadpool", "Slinky", "Pjit", "Common")):
             per_kind[re.sub(r"\.\d+$", "", name)] += event.get("dur", 0) / 1e3 / calls
     print(f"{'op kind':32s} {'ms per forward':>14s}")
