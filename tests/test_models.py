@@ -86,7 +86,7 @@ def block_inputs(encoder, ids, mask):
     positions = encoder.position_ids(jnp.asarray(ids), jnp.asarray(mask))
     masks = (key_mask, key_mask & window_mask(ids.shape[1], config.local_attention // 2))
     rotaries = tuple(
-        rotary_tables(positions, config.head_dim, theta)
+        rotary_tables(positions, config.head_dim, theta, config.max_position_embeddings)
         for theta in (config.global_rope_theta, config.local_rope_theta)
     )
     return masks, rotaries
@@ -178,6 +178,36 @@ def test_bfloat16_inference_stores_matrices_in_bf16(pair):
     reference.dtype = jnp.bfloat16
     ids, mask = jnp.asarray(ids), jnp.asarray(mask)
     np.testing.assert_array_equal(np.asarray(low(ids, mask)), np.asarray(reference(ids, mask)))
+
+
+@pytest.mark.parametrize("queries", [16, 5])  # the whole sequence, and a window of it (cached sampling)
+def test_folded_heads_attention_equals_jax_dot_product_attention(queries):
+    """The CPU attention (heads folded into the batch) computes what jax.nn.dot_product_attention
+    does: float32 outputs bit for bit, their gradients up to float32 rounding (the products sum in
+    another order), bf16 outputs within one bf16 rounding;
+    padded keys, a sliding window and a query row that may see no key at all included."""
+    from dlm_jax.models.layers import folded_heads_attention
+    from dlm_jax.models.modernbert import window_mask
+
+    batch, keys, heads, head_dim = 3, 16, 4, 8
+    q, k, v = (jax.random.normal(jax.random.key(i), (batch, n, heads, head_dim)) for i, n in enumerate((queries, keys, keys)))
+    lengths = jnp.array([16, 11, 3])
+    padding = (jnp.arange(keys)[None] < lengths[:, None])[:, None, None, :]
+    offset = keys - queries  # the queries are the last `queries` positions
+    mask = padding & window_mask(keys, 2, offset + jnp.arange(queries)[None])
+    assert not bool(mask[2, 0, -1].any())  # a query of the short row sees no key
+    jax_attention = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask).reshape(batch, queries, -1)
+    ours = folded_heads_attention(q, k, v, mask)
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(jax_attention(q, k, v)))
+    loss = lambda fn: lambda *qkv: jnp.sum(jnp.sin(fn(*qkv)))
+    for ours_grad, jax_grad in zip(
+        jax.grad(loss(lambda *a: folded_heads_attention(*a, mask)), argnums=(0, 1, 2))(q, k, v),
+        jax.grad(loss(jax_attention), argnums=(0, 1, 2))(q, k, v),
+    ):
+        np.testing.assert_allclose(np.asarray(ours_grad), np.asarray(jax_grad), rtol=1e-6, atol=1e-6)
+    low = [x.astype(jnp.bfloat16) for x in (q, k, v)]
+    ours, theirs = (np.asarray(out.astype(jnp.float32)) for out in (folded_heads_attention(*low, mask), jax_attention(*low)))
+    assert np.abs(ours - theirs).max() <= 2.0**-7 * np.abs(theirs).max()
 
 
 @pytest.mark.parametrize("name", ["roberta", "modernbert"])
