@@ -190,7 +190,8 @@ def test_folded_heads_attention_equals_jax_dot_product_attention(queries):
     from dlm_jax.models.modernbert import window_mask
 
     batch, keys, heads, head_dim = 3, 16, 4, 8
-    q, k, v = (jax.random.normal(jax.random.key(i), (batch, n, heads, head_dim)) for i, n in enumerate((queries, keys, keys)))
+    shapes = [(batch, n, heads, head_dim) for n in (queries, keys, keys)]
+    q, k, v = (jax.random.normal(jax.random.key(i), shape) for i, shape in enumerate(shapes))
     lengths = jnp.array([16, 11, 3])
     padding = (jnp.arange(keys)[None] < lengths[:, None])[:, None, None, :]
     offset = keys - queries  # the queries are the last `queries` positions
@@ -206,7 +207,8 @@ def test_folded_heads_attention_equals_jax_dot_product_attention(queries):
     ):
         np.testing.assert_allclose(np.asarray(ours_grad), np.asarray(jax_grad), rtol=1e-6, atol=1e-6)
     low = [x.astype(jnp.bfloat16) for x in (q, k, v)]
-    ours, theirs = (np.asarray(out.astype(jnp.float32)) for out in (folded_heads_attention(*low, mask), jax_attention(*low)))
+    outputs = (folded_heads_attention(*low, mask), jax_attention(*low))
+    ours, theirs = (np.asarray(out.astype(jnp.float32)) for out in outputs)
     assert np.abs(ours - theirs).max() <= 2.0**-7 * np.abs(theirs).max()
 
 

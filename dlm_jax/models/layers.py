@@ -182,7 +182,8 @@ class MaskedLMEncoder(nnx.Module):
 
     Attributes every family sets: config, dtype (compute dtype), remat (recompute each block
     in the backward pass), attention (`implementation` for jax.nn.dot_product_attention: None
-    lets JAX choose, 'cudnn' forces the fused GPU kernel, 'xla' the portable one).
+    lets JAX choose, and on CPU takes `folded_heads_attention`; 'cudnn' forces the fused GPU
+    kernel, 'xla' the portable one).
     """
 
     def position_ids(self, input_ids, attention_mask=None):

@@ -70,7 +70,8 @@ class TrainConfig:
     # Compute.
     dtype: str = "float32"  # compute dtype, a name of models.COMPUTE_DTYPES (parameters stay float32)
     remat: bool = False
-    attention: str | None = None  # jax.nn.dot_product_attention implementation
+    # jax.nn.dot_product_attention's implementation; None: JAX chooses (on CPU: layers.folded_heads_attention)
+    attention: str | None = None
     # Scored tokens decoded per iteration of the fused vocabulary cross-entropy (ops.py): the
     # [chunk, vocab] logits block should stay in cache on CPU; accelerators like larger blocks.
     loss_chunk_size: int = 128
