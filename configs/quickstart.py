@@ -9,8 +9,9 @@ steps), local attention within 16 tokens in two of three layers (it leaves the p
 than global attention everywhere), lr 2e-3 (1e-3 and 3e-3 both learn slower), GeGLU width 2x
 hidden (4x learns no faster per step and costs more), batch 32 x 64 tokens (twice the steps of
 batch 64 for the same tokens learn more), a 2048-token BPE so that the vocabulary head stays
-cheap, bf16 compute. 1200 steps keep the README's command within 4 minutes on 2 CPU cores
-(3 min 32 s for the train command there, 0.13-0.17 s per step); 1500 learn a little more.
+cheap, bf16 compute. 1200 steps keep the README's command within 4 minutes on 2 CPU cores with
+AVX-512 (the train command took 2 min 28 s on an AMX Xeon, 3 min 32 s on a Zen 4 EPYC; on an
+AVX2-only EPYC 6 min 57 s); 1500 learn a little more.
 """
 
 from dlm_jax.models.config import EncoderConfig
