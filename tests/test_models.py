@@ -183,9 +183,9 @@ def test_bfloat16_inference_stores_matrices_in_bf16(pair):
 @pytest.mark.parametrize("queries", [16, 5])  # the whole sequence, and a window of it (cached sampling)
 def test_folded_heads_attention_equals_jax_dot_product_attention(queries):
     """The CPU attention (heads folded into the batch) computes what jax.nn.dot_product_attention
-    does: float32 outputs bit for bit, their gradients up to float32 rounding (the products sum in
-    another order), bf16 outputs within one bf16 rounding;
-    padded keys, a sliding window and a query row that may see no key at all included."""
+    does, with padded keys, a sliding window and a query row that may see no key at all: float32
+    outputs bit for bit, their gradients up to float32 rounding (the products sum in another
+    order), bf16 outputs within one bf16 rounding."""
     from dlm_jax.models.layers import folded_heads_attention
     from dlm_jax.models.modernbert import window_mask
 
