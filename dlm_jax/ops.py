@@ -1,12 +1,17 @@
-"""The hot kernels: the bf16 matmul and the two vocabulary heads (training's cross-entropy and
+"""The hot kernels: the matmul and the two vocabulary heads (training's cross-entropy and
 the sampler's greedy head), which share one tie rule: the lowest id wins.
 
-matmul: x @ w with inputs in the compute dtype and float32 accumulation. In bfloat16 its
-backward is written by hand: autodiff of a bf16 x bf16 -> f32 product gives backward products
-of the float32 cotangent with bf16 operands, which XLA's CPU backend runs on a slow path (the
-bf16 train step was slower than the float32 one). Here the cotangent is rounded to bf16 (what
-torch.autocast does) and both backward products are bf16 x bf16 with float32 accumulation;
-the residuals are the bf16 operands, half the memory of float32 ones.
+matmul: x @ w with inputs in the compute dtype and float32 accumulation, its backward written
+by hand as two products: dx = g @ w.T, and dw as one 2-D product over the rows of every
+leading axis. Why by hand: in bfloat16, autodiff of a bf16 x bf16 -> f32 product gives backward
+products of the float32 cotangent with bf16 operands, which XLA's CPU backend runs on a slow
+path (the bf16 train step was slower than the float32 one); here the cotangent is rounded to
+bf16 (what torch.autocast does), both backward products are bf16 x bf16 with float32
+accumulation, and the residuals are the bf16 operands, half the memory of float32 ones. In
+float32, autodiff's dw contracts the cotangent's [B, T] axes, and XLA's CPU backend transposed
+that cotangent by fusing the whole chain that produces it (the residual stream's gradient,
+summed over the blocks above) into a transposing copy for every such product, recomputing the
+chain each time: a third of the quickstart-sized model's float32 step.
 
 vocab_cross_entropy: the tied vocabulary decoder and the cross-entropy of the scored tokens in
 one chunked loop that never builds the [tokens, V] logits and skips unscored tokens, with its
@@ -28,9 +33,7 @@ VOCAB_CHUNK = 1024  # vocabulary ids per chunk of greedy_head: [chunk, batch x p
 
 def matmul(x: jax.Array, w: jax.Array, dtype) -> jax.Array:
     """x [..., k] @ w [k, n] with inputs in `dtype` and float32 accumulation and output."""
-    if dtype == jnp.float32:
-        return jnp.matmul(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
-    return _low_precision_matmul(x, w, jnp.dtype(dtype))
+    return _matmul(x, w, jnp.dtype(dtype))
 
 
 def _dot(a, b):
@@ -38,17 +41,17 @@ def _dot(a, b):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _low_precision_matmul(x, w, dtype):
+def _matmul(x, w, dtype):
     return _dot(x.astype(dtype), w.astype(dtype))
 
 
-def _low_precision_matmul_fwd(x, w, dtype):
+def _matmul_fwd(x, w, dtype):
     xc, wc = x.astype(dtype), w.astype(dtype)
     # The zero-size arrays carry the input dtypes to the backward (residuals must be arrays).
     return _dot(xc, wc), (xc, wc, jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
 
 
-def _low_precision_matmul_bwd(dtype, residuals, g):
+def _matmul_bwd(dtype, residuals, g):
     xc, wc, x_dtype, w_dtype = residuals
     g = g.astype(dtype)
     dx = _dot(g, wc.T).astype(x_dtype.dtype)
@@ -58,7 +61,7 @@ def _low_precision_matmul_bwd(dtype, residuals, g):
     return dx, dw
 
 
-_low_precision_matmul.defvjp(_low_precision_matmul_fwd, _low_precision_matmul_bwd)
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 def vocab_cross_entropy(features, embedding, bias, targets, weights, *, dtype, chunk_size: int = 128):

@@ -98,6 +98,23 @@ def test_bf16_matmul_gradients_are_bf16_products_with_float32_accumulation():
     np.testing.assert_allclose(dw, np.einsum("bti,bto->io", r(x), r(cotangent)), rtol=1e-5, atol=1e-5)
 
 
+def test_float32_matmul_gradients_equal_autodiff():
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(3, 5, 16)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(16, 8)), jnp.float32)
+    cotangent = jnp.asarray(rng.normal(size=(3, 5, 8)), jnp.float32)
+    out, vjp = jax.vjp(lambda x, w: ops.matmul(x, w, jnp.float32), x, w)
+    want_out, want_vjp = jax.vjp(jnp.matmul, x, w)
+    np.testing.assert_array_equal(out, want_out)
+    for got, want in zip(vjp(cotangent), want_vjp(cotangent)):
+        assert got.dtype == jnp.float32
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    # And under jit, where XLA chooses the layouts.
+    grads = jax.jit(jax.grad(lambda x, w: jnp.sum(ops.matmul(x, w, jnp.float32) * cotangent), (0, 1)))(x, w)
+    for got, want in zip(grads, want_vjp(cotangent)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("chunk", [16, 23])  # 61 ids: 4 whole chunks, or 3 with padding
 def test_greedy_head_equals_argmax_of_the_logits(chunk):
     """The chunked greedy head against argmax / softmax of the whole logits, with exact ties
