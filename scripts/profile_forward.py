@@ -1,10 +1,10 @@
-"""Where the bf16 forward's time goes on this CPU (a diagnostic, never a timed test).
+"""Where the forward's time goes on this CPU (a diagnostic, never a timed test).
 
 Prints, for the roberta-base shape (batch 8 x 128 = 1024 tokens, hidden 768, vocabulary 50265):
   1. the rate of each product the forward runs, alone: float32, bf16 inputs with float32
      accumulation (what ops.matmul asks for), and the same bf16 product with its right operand
      stored transposed ([N, K], as the tied vocabulary decoder [V, H] is);
-  2. the bf16 forward split into the encoder (token ids -> hidden states) and the MLM head with
+  2. the forward in --dtype (bf16 unless told) split into the encoder (token ids -> hidden states) and the MLM head with
      its vocabulary decoder, each jitted alone, beside the whole forward.
 The first part is what a kernel or layout change can win; the second says where to spend it.
 With --trace DIR, also a profiler trace of three whole forwards written to DIR (open it in
@@ -12,7 +12,7 @@ TensorBoard or xprof) and, where the `xprof` package is installed (it is not a d
 `pip install xprof`), the time per kind of XLA op per forward, so a flag or layout change can be
 read off op by op.
 
-    python scripts/profile_forward.py [--family roberta|modernbert] [--repeats 7] [--trace /tmp/trace]
+    python scripts/profile_forward.py [--family roberta|modernbert] [--dtype bfloat16|float32] [--repeats 7] [--trace /tmp/trace]
     XLA_FLAGS=--xla_cpu_experimental_xnn_fusion_type=dot python scripts/profile_forward.py  # a flag's effect
 """
 
@@ -75,12 +75,12 @@ def product_rates(family: str, repeats: int):
         print(f"{f'{TOKENS} x {k} x {n}':26s} {f32_rate:8.0f} {bf16_rate:8.0f} {transposed_rate:20.0f}")
 
 
-def forward_split(family: str, repeats: int):
+def forward_split(family: str, repeats: int, dtype: str):
     torch_model = hf_masked_lm(family, vocab=VOCAB, hidden=HIDDEN, layers=12, length=128)
     config, params = converted(torch_model)
     ids = jnp.asarray(np.random.default_rng(0).integers(3, VOCAB, size=(8, 128)).astype(np.int32))
     mask = jnp.ones_like(ids)
-    graphdef, state = nnx.split(encoder_with_params(config, params, dtype="bfloat16"))
+    graphdef, state = nnx.split(encoder_with_params(config, params, dtype=dtype))
     whole = jax.jit(lambda s, i, m: nnx.merge(graphdef, s)(i, m))
     encode = jax.jit(lambda s, i, m: nnx.merge(graphdef, s).encode(i, m))
     head = jax.jit(lambda s, h: nnx.merge(graphdef, s).logits_from_hidden(h))
@@ -93,7 +93,7 @@ def forward_split(family: str, repeats: int):
         },
         repeats,
     )
-    print(f"\n{family} bf16 forward, batch 8 x 128, {config.num_hidden_layers} layers; median of {repeats}")
+    print(f"\n{family} {dtype} forward, batch 8 x 128, {config.num_hidden_layers} layers; median of {repeats}")
     for name, seconds in parts.items():
         print(f"{name:26s} {seconds:7.3f} s")
     return whole, (state, ids, mask)
@@ -129,6 +129,7 @@ def trace_ops(forward, args, directory: str, calls: int = 3):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=("roberta", "modernbert"), default="roberta")
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="of parts 2 and 3")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--trace", metavar="DIR", help="also write a profiler trace of the whole forward here")
     args = parser.parse_args()
@@ -136,7 +137,7 @@ def main():
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_enable_xprof_traceme=true"
     print(f"CPU: {cpu_description()}; JAX {jax.__version__}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}\n")
     product_rates(args.family, args.repeats)
-    forward, forward_args = forward_split(args.family, args.repeats)
+    forward, forward_args = forward_split(args.family, args.repeats, args.dtype)
     if args.trace:
         trace_ops(forward, forward_args, args.trace)
 
