@@ -12,7 +12,8 @@ TensorBoard or xprof) and, where the `xprof` package is installed (it is not a d
 `pip install xprof`), the time per kind of XLA op per forward, so a flag or layout change can be
 read off op by op.
 
-    python scripts/profile_forward.py [--family roberta|modernbert] [--dtype bfloat16|float32] [--repeats 7] [--trace /tmp/trace]
+    python scripts/profile_forward.py [--family roberta|modernbert] [--dtype bfloat16|float32] [--repeats 7] \\
+        [--trace /tmp/trace]
     XLA_FLAGS=--xla_cpu_experimental_xnn_fusion_type=dot python scripts/profile_forward.py  # a flag's effect
 """
 

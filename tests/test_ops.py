@@ -83,11 +83,14 @@ def test_vocab_cross_entropy_bf16_is_close_to_float32():
         assert float(jnp.abs(g - w).max()) <= 3e-2 * scale
 
 
+def matmul_operands(seed):
+    """(x [3, 5, 16], w [16, 8], a cotangent of x @ w [3, 5, 8]), float32."""
+    rng = np.random.default_rng(seed)
+    return tuple(jnp.asarray(rng.normal(size=shape), jnp.float32) for shape in ((3, 5, 16), (16, 8), (3, 5, 8)))
+
+
 def test_bf16_matmul_gradients_are_bf16_products_with_float32_accumulation():
-    rng = np.random.default_rng(2)
-    x = jnp.asarray(rng.normal(size=(3, 5, 16)), jnp.float32)
-    w = jnp.asarray(rng.normal(size=(16, 8)), jnp.float32)
-    cotangent = jnp.asarray(rng.normal(size=(3, 5, 8)), jnp.float32)
+    x, w, cotangent = matmul_operands(2)
     out, vjp = jax.vjp(lambda x, w: ops.matmul(x, w, jnp.bfloat16), x, w)
     dx, dw = vjp(cotangent)
     assert out.dtype == dx.dtype == dw.dtype == jnp.float32
@@ -99,10 +102,7 @@ def test_bf16_matmul_gradients_are_bf16_products_with_float32_accumulation():
 
 
 def test_float32_matmul_gradients_equal_autodiff():
-    rng = np.random.default_rng(3)
-    x = jnp.asarray(rng.normal(size=(3, 5, 16)), jnp.float32)
-    w = jnp.asarray(rng.normal(size=(16, 8)), jnp.float32)
-    cotangent = jnp.asarray(rng.normal(size=(3, 5, 8)), jnp.float32)
+    x, w, cotangent = matmul_operands(3)
     out, vjp = jax.vjp(lambda x, w: ops.matmul(x, w, jnp.float32), x, w)
     want_out, want_vjp = jax.vjp(jnp.matmul, x, w)
     np.testing.assert_array_equal(out, want_out)
