@@ -177,7 +177,10 @@ MISUSE = {
     ],
     ("generate", "--gen-length"): [row({"--gen-length": "100"}, model=True)],
     ("generate", "--steps"): [row({"--steps": "9"}, model=True)],
-    ("generate", "--block-length"): [row({"--block-length": "3"}, model=True)],
+    ("generate", "--block-length"): [
+        row({"--block-length": "3"}, model=True),
+        row({"--block-length": "200", "--gen-length": None, "--steps": None}, model=True),  # past the positions
+    ],
     ("generate", "--remasking"): [row({"--remasking": "bogus"})],
     ("generate", "--schedule"): [row({"--schedule": "bogus"})],
     ("generate", "--top-p"): [row({"--top-p": "0.9"})],  # with greedy decoding
@@ -283,8 +286,11 @@ def test_bad_value_is_one_line_naming_the_option(command, key, bad, paths, compi
     code, _, err = cli(capsys, *argv)
     assert code == 2, (argv, err[-2000:])
     assert "Traceback" not in err, err
-    last = err.strip().splitlines()[-1]
+    lines = err.strip().splitlines()
+    last = lines[-1]
     assert last.startswith(f"dlm-jax {command}") and "error:" in last, last
+    if not bad["model"]:  # nothing but the error (argparse's usage block is not printed)
+        assert len(lines) == 1, err
     if bad["named"] is not None:
         names = [bad["named"]]
     elif key.startswith("--"):
@@ -387,7 +393,7 @@ def test_generate_prints_the_filled_prompt(paths, capsys):
 def test_generate_several_prompts_one_block_or_line_each(paths, tmp_path, capsys):
     prompts = ["It was the best of times", "Call me"]
     file = tmp_path / "prompts.txt"
-    file.write_text("\n".join(prompts) + "\n\n")
+    file.write_bytes(b"\xef\xbb\xbf" + ("\n".join(prompts) + "\n\n").encode())  # a BOM, as Windows editors write
     argv = ["generate", "--checkpoint", paths["hf"], "--prompt-file", file, "--gen-length", 8, "--steps", 4]
     code, out, _ = cli(capsys, *argv, "--json")
     records = [json.loads(line) for line in out.splitlines()]
@@ -403,6 +409,26 @@ def test_generate_several_prompts_one_block_or_line_each(paths, tmp_path, capsys
         header, text = block.split("\n", 1)
         assert header == f"--- prompt {i + 1} of 2: {prompt}"
         assert text.rstrip("\n") == record["text"]
+
+
+def test_a_failed_trajectory_write_keeps_the_text_and_says_one_line(paths, tmp_path, capsys, monkeypatch):
+    """The replay is written after the text; a disk that fails then (full, here) costs one line."""
+    import errno
+
+    from dlm_jax import trajectory
+
+    def disk_full(path, frames):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(trajectory, "write_html", disk_full)
+    target = tmp_path / "run.html"
+    argv = ["generate", "--checkpoint", paths["hf"], "--prompt", "Call me", "--gen-length", 8, "--steps", 4]
+    code, out, err = cli(capsys, *argv, "--trajectory", target)
+    assert code == 2 and out.strip(), (out, err)  # the text was printed
+    assert err.strip().splitlines() == [
+        f"dlm-jax generate: error: the text above was generated, but --trajectory {target} could not be "
+        f"written: {os.strerror(errno.ENOSPC)}; choose another path"
+    ]
 
 
 def test_generate_and_eval_take_their_lengths_and_step_from_the_workdir(paths, capsys):

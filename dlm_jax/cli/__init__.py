@@ -25,10 +25,16 @@ COMMANDS = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's complaints as one line, without the usage block above it (the sub-commands'
+    parsers are of this class too: add_subparsers makes them of the parent's)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _build_parser(argv):
-    parser = argparse.ArgumentParser(
-        prog="dlm-jax", description="Masked text diffusion with BERT-family encoders in JAX."
-    )
+    parser = OneLineParser(prog="dlm-jax", description="Masked text diffusion with BERT-family encoders in JAX.")
     parser.add_argument("--version", action="version", version=f"dlm-jax {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     wanted = argv[0] if argv and argv[0] in COMMANDS else None

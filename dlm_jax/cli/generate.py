@@ -78,7 +78,7 @@ def add_parser(subparsers, name):
         "1 gives exactly the uncached tokens)",
     )
     p.add_argument("--seed", type=seed, default=0)
-    p.add_argument("--dtype", default="float32", choices=tuple(COMPUTE_DTYPES), help="compute dtype")
+    p.add_argument("--dtype", default="float32", choices=tuple(COMPUTE_DTYPES), help="compute dtype (default float32)")
     p.add_argument("--json", action="store_true", help="print one JSON line per prompt")
     p.add_argument("--show", action="store_true", help="replay the unmasking in the terminal (first prompt)")
     p.add_argument("--trajectory", type=Path, help="write the replay to FILE.html or FILE.gif (first prompt)")
@@ -96,7 +96,8 @@ def _prompts(args) -> list[str]:
     if b"\0" in raw:
         raise UserError(f"--prompt-file {args.prompt_file} holds NUL bytes (a binary file?); {fix}")
     try:
-        lines = [line for line in raw.decode("utf-8").splitlines() if line.strip()]
+        # utf-8-sig: a byte-order mark (Windows editors write one) is not part of the first prompt.
+        lines = [line for line in raw.decode("utf-8-sig").splitlines() if line.strip()]
     except UnicodeDecodeError as err:
         raise UserError(f"--prompt-file {args.prompt_file} is not UTF-8 text (byte {err.start}); {fix}") from None
     if not lines:
@@ -148,7 +149,12 @@ def _gen_length(args, model, prompts) -> int:
     longest = max(len(p) for p in prompts)
     length = trained_seq_len(args.checkpoint) or model.config.max_length
     room = min(length - longest, GEN_LENGTH_CAP)
-    if args.block_length is not None:
+    if args.block_length is not None and room > 0:
+        if args.block_length > room:
+            raise UserError(
+                f"--block-length {args.block_length} exceeds the {room} positions left after a prompt of "
+                f"{longest} tokens in {args.checkpoint}; use at most {room}"
+            )
         room -= room % args.block_length
     if room <= 0:
         raise UserError(
@@ -244,8 +250,12 @@ def run(args):
     sys.stdout.flush()
 
     if args.trajectory is not None:  # after the text: a failed write cannot take it along
-        args.trajectory.parent.mkdir(parents=True, exist_ok=True)
-        if args.trajectory.suffix.lower() == ".gif":
-            trajectory.write_gif(args.trajectory, frames)
-        else:
-            trajectory.write_html(args.trajectory, frames)
+        write = trajectory.write_gif if args.trajectory.suffix.lower() == ".gif" else trajectory.write_html
+        try:
+            args.trajectory.parent.mkdir(parents=True, exist_ok=True)
+            write(args.trajectory, frames)
+        except OSError as err:
+            raise UserError(
+                f"the text above was generated, but --trajectory {args.trajectory} could not be written: "
+                f"{err.strerror}; choose another path"
+            ) from None
