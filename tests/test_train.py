@@ -495,3 +495,87 @@ def test_workdir_that_is_a_file_is_refused(tmp_path, corpus, tokenizer_dir, caps
     assert main(["train", "--workdir", str(file), "--data", corpus, "--set", f"tokenizer={tokenizer_dir}"]) == 2
     assert "is a file" in capsys.readouterr().err.strip().splitlines()[-1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w"] and file.read_text() == "notes"
+
+
+def _refused(capsys, argv) -> str:
+    """The one line `dlm-jax train` stops with (exit status 2, no traceback)."""
+    rc = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("dlm-jax train: error: "), err
+    return err[0]
+
+
+def test_workdir_holding_other_files_is_refused_untouched(tmp_path, corpus, tokenizer_dir, capsys):
+    """A HuggingFace folder as --workdir would get our config.json over its own: refused before
+    anything is written. An empty folder, or one holding only what a killed run leaves (its lock,
+    staging/), is a workdir (each run below then stops at its missing corpus, at no cost)."""
+    from helpers_hf import make_hf_checkpoint
+
+    hf = make_hf_checkpoint(tmp_path, "roberta")
+    capsys.readouterr()  # transformers' progress bars
+    before = _snapshot(hf)
+    base = ["train", "--config", "tiny", "--data", corpus, "--steps", "3", "--set", f"tokenizer={tokenizer_dir}"]
+    line = _refused(capsys, base + ["--workdir", str(hf)])
+    assert f"workdir {hf} is not empty and holds no dlm-jax training run (config.json, " in line
+    assert "pick an empty or new --workdir" in line and "--init" in line
+    assert _snapshot(hf) == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    killed = tmp_path / "killed"
+    (killed / "staging" / "tokenizer").mkdir(parents=True)
+    (killed / "staging" / "tokenizer" / "vocab.json").write_text("{}")
+    (killed / "train.lock").write_text(json.dumps({"pid": 1, "host": "elsewhere", "since": "then"}))
+    missing = str(tmp_path / "missing.txt")
+    for workdir in (empty, killed):
+        assert main(base + ["--workdir", str(workdir), "--data", missing]) == 2
+        err = capsys.readouterr().err  # the killed run's lock is taken over, with a note
+        assert "missing.txt" in err.strip().splitlines()[-1] and "not empty" not in err
+        assert workdir.is_dir() and list(workdir.iterdir()) == []  # the lock released, staging/ removed
+
+
+def test_prefix_that_leaves_nothing_to_mask_is_refused(tmp_path, corpus, tokenizer_dir, capsys):
+    """Every objective masks only after objective.prefix_len: at seq_len 64 a prefix of 64 would
+    train on nothing (loss 0)."""
+    base = ["train", "--config", "tiny", "--workdir", str(tmp_path / "w"), "--data", corpus]
+    for prefix in (64, 100):
+        line = _refused(capsys, base + ["--set", f"objective.prefix_len={prefix}"])
+        assert f"objective.prefix_len {prefix} leaves no token of seq_len 64 to mask" in line
+        assert "set objective.prefix_len below 64" in line
+    assert not (tmp_path / "w").exists()
+    assert resolve_config("tiny", ["objective.prefix_len=63"]).objective.prefix_len == 63
+
+
+def test_model_set_that_init_would_ignore_is_refused(tmp_path, corpus, capsys):
+    """With --init the model is the checkpoint's: a --set model.KEY that differs from it is
+    refused, naming both values; one equal to it passes (the run then stops at its missing corpus)."""
+    from helpers_hf import make_hf_checkpoint
+
+    hf = make_hf_checkpoint(tmp_path, "roberta")  # 2 layers, hidden 32
+    capsys.readouterr()  # transformers' progress bars
+    base = ["train", "--config", "tiny", "--workdir", str(tmp_path / "w"), "--init", str(hf), "--steps", "2"]
+    sets = ["--set", "model.num_hidden_layers=6", "--set", "model.hidden_size=32"]
+    line = _refused(capsys, base + ["--data", corpus, *sets])
+    assert "--set model.num_hidden_layers=6 (init's 2) conflicts with the model of init" in line
+    assert "hidden_size" not in line and "drop the --set, or train from scratch without --init" in line
+    assert not (tmp_path / "w").exists()
+    line = _refused(capsys, base + ["--data", str(tmp_path / "missing.txt"), "--set", "model.hidden_size=32"])
+    assert "missing.txt" in line
+
+
+@pytest.mark.parametrize(
+    "bad, said",
+    [
+        ("seq_len=128", "seq_len 128 exceeds the model's 64 positions; lower seq_len or raise"),
+        ("model.max_position_embeddings=32", "seq_len 64 exceeds the model's 32 positions"),
+        ("mesh.fsdp=3", "mesh.fsdp=3 does not divide the 8 devices; set mesh.fsdp to one of 1, 2, 4, 8"),
+        ("batch_size=12", "12 rows per microbatch does not split over 8 devices"),
+    ],
+)
+def test_shape_mistakes_are_refused_before_the_tokenizer_is_trained(tmp_path, corpus, capsys, bad, said):
+    """No tokenizer named: the run would train a BPE first; a mistake in the config alone is
+    said before that."""
+    line = _refused(
+        capsys, ["train", "--config", "tiny", "--workdir", str(tmp_path / "w"), "--data", corpus, "--set", bad]
+    )
+    assert said in line
+    assert not (tmp_path / "w").exists()

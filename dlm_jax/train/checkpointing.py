@@ -41,6 +41,7 @@ from dlm_jax.train.step import TrainState, learning_rate_schedule
 
 LOCK_FILE = "train.lock"
 CONFIG_JSON = "config.json"
+STAGING_DIR = "staging"  # WORKDIR/staging/: what a run writes before its checks have passed
 # A lock without flock (a bucket, a FUSE mount) is a lease: its holder rewrites it every
 # HEARTBEAT seconds, and one not rewritten for LEASE seconds belongs to a run that is gone.
 HEARTBEAT_SECONDS = 60
@@ -154,6 +155,8 @@ class WorkdirLock:
             ) from None
         if exists and not workdir.is_dir():
             raise UserError(f"workdir {workdir} is a file; pass a directory (new or from an earlier run) as --workdir")
+        if exists:
+            check_is_training_workdir(workdir)
         try:
             self.created_workdir = not exists
             workdir.mkdir(parents=True, exist_ok=True)
@@ -235,6 +238,29 @@ class WorkdirLock:
                     self.path.unlink()
         if self.created_workdir and not is_remote(self.workdir) and not any(Path(self.workdir).iterdir()):
             Path(self.workdir).rmdir()  # a run refused before it wrote anything leaves no trace
+
+
+def check_is_training_workdir(workdir: epath.Path) -> None:
+    """UserError for an existing directory that holds something other than a dlm-jax run, which
+    the run would write into (a HuggingFace export's config.json would be replaced by ours).
+
+    A run's own: its checkpoints, its model (model/dlm_config.json) or its config.json (a
+    TrainConfig: the `objective` group, which no HuggingFace config.json has); or only what a run
+    killed before it committed leaves (its lock, staging/); or nothing."""
+    saved = saved_config(workdir)
+    if (
+        (workdir / WORKDIR_CHECKPOINTS_DIR).is_dir()
+        or (workdir / WORKDIR_MODEL_DIR / CONFIG_FILE).is_file()
+        or (isinstance(saved, dict) and "objective" in saved)
+    ):
+        return
+    foreign = sorted(entry.name for entry in workdir.iterdir() if entry.name not in (LOCK_FILE, STAGING_DIR))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise UserError(
+            f"workdir {workdir} is not empty and holds no dlm-jax training run ({shown}); pick an empty or "
+            "new --workdir (to start from a HuggingFace model, pass its folder as --init)"
+        )
 
 
 def _parse(content: bytes) -> dict:
@@ -332,7 +358,7 @@ def saved_config(workdir: epath.Path) -> dict | None:
         return None
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError:
+    except (UnicodeDecodeError, json.JSONDecodeError):
         return None
 
 

@@ -254,10 +254,31 @@ def resolve_config(name_or_path: str = "tiny", sets=(), **overrides) -> TrainCon
         config = _apply(TrainConfig(), _load_file(path))
     else:
         config = _load_preset(name_or_path)
-    config = _apply(config, _parse_sets(sets))
+    nested_sets = _parse_sets(sets)
+    config = _apply(config, nested_sets)
     config = _apply(config, {k: v for k, v in overrides.items() if v is not None})
     validate(config)
+    if config.init is not None and nested_sets.get("model"):
+        check_init_model_sets(config, nested_sets["model"])
     return config
+
+
+def check_init_model_sets(config: TrainConfig, model_sets: dict) -> None:
+    """The model of an `init` run is the checkpoint's (its shapes are its weights'): a --set
+    model.KEY that differs from it would be silently ignored, so it is refused."""
+    from dlm_jax.checkpoint import read_any
+
+    initial = read_any(config.init)[0]
+    conflicts = [
+        f"model.{key}={getattr(config.model, key)!r} (init's {getattr(initial, key)!r})"
+        for key in model_sets
+        if getattr(config.model, key) != getattr(initial, key)
+    ]
+    if conflicts:
+        raise UserError(
+            f"--set {', '.join(conflicts)} conflicts with the model of init {config.init}, which is "
+            "the one trained; drop the --set, or train from scratch without --init"
+        )
 
 
 def validate(config: TrainConfig) -> None:
@@ -282,6 +303,11 @@ def validate(config: TrainConfig) -> None:
     if config.batch_size % config.grad_accum_steps:
         raise UserError(
             f"batch_size {config.batch_size} is not divisible by grad_accum_steps {config.grad_accum_steps}"
+        )
+    if config.objective.prefix_len >= config.seq_len:  # every objective masks only after the prefix
+        raise UserError(
+            f"objective.prefix_len {config.objective.prefix_len} leaves no token of seq_len {config.seq_len} "
+            f"to mask, so nothing would be trained; set objective.prefix_len below {config.seq_len}"
         )
     if config.ema_decay is not None and not 0.0 <= config.ema_decay < 1.0:
         raise UserError(f"ema_decay must be in [0, 1) or none (got {config.ema_decay})")

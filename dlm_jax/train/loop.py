@@ -30,7 +30,6 @@ from dlm_jax.train.mesh import batch_sharding, global_batch, make_mesh, param_sh
 from dlm_jax.train.metrics import MetricsWriter, Throughput, peak_tflops, progress_bar, progress_line, say, step_flops
 from dlm_jax.train.step import TrainState, make_optimizer, make_train_step
 
-STAGING_DIR = "staging"  # WORKDIR/staging/: what a run writes before its checks have passed
 # Data keys whose change on resume (with --allow-changes) makes the saved data position meaningless.
 DATA_POSITION_KEYS = ("data", "seed", "batch_size", "seq_len")
 
@@ -43,40 +42,58 @@ def _read(key: str, read, path):
         raise UserError(f"{key}: {err}") from None
 
 
-def resolve_model(config: TrainConfig, workdir: epath.Path, reuse_workdir_tokenizer: bool):
-    """-> (config with the real model, tokenizer, init params or None)."""
+def resolve_model(config: TrainConfig, workdir: epath.Path, reuse_workdir_tokenizer: bool, devices: int):
+    """-> (config with the real model, tokenizer, init params or None). The model is checked
+    against the run (check_shapes) before a tokenizer is trained for it."""
+    params = None
     if config.init is not None:
         model, params, tokenizer = _read("init", read_any, config.init)
         if tokenizer is None and config.tokenizer is None:
             raise UserError(f"init {config.init} has no tokenizer; name one with --set tokenizer=DIR")
-        if config.tokenizer is not None:
-            tokenizer = _read("tokenizer", load_tokenizer, config.tokenizer)
-        return dataclasses.replace(config, model=model), tokenizer, params
-    if config.tokenizer is not None:
-        tokenizer = _read("tokenizer", load_tokenizer, config.tokenizer)
     elif reuse_workdir_tokenizer:
         with checkpointing.locally(workdir / WORKDIR_MODEL_DIR, upload=False) as local:
             tokenizer = load_tokenizer(local)
-    else:  # a BPE trained on the corpus by host 0 into the staging dir, where the others read it
-        tokenizer_dir = workdir / STAGING_DIR / "tokenizer"
-        if jax.process_index() == 0:
-            with checkpointing.locally(tokenizer_dir, upload=True) as local:
-                tokenizer = data.train_tokenizer(
-                    data.spec_or_default_corpus(config.data), local, config.tokenizer_vocab_size
-                )
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices("dlm_jax tokenizer")
-            with checkpointing.locally(tokenizer_dir, upload=False) as local:
-                tokenizer = load_tokenizer(local)
+    else:
+        tokenizer = None  # none named: a BPE trained on the corpus, below
+    if config.tokenizer is not None:
+        tokenizer = _read("tokenizer", load_tokenizer, config.tokenizer)
+    if config.init is None and tokenizer is not None:
+        model = _with_special_ids(config.model, tokenizer)
+    elif config.init is None:  # the BPE gets RoBERTa's special tokens: its pad id, which places
+        # a RoBERTa model's positions, is known before it is trained
+        model = config.model.replace(pad_token_id=data.SPECIAL_TOKENS.index("<pad>"))
+    check_shapes(dataclasses.replace(config, model=model), devices)
+    if tokenizer is None:
+        tokenizer = _train_tokenizer(config, workdir)
+        model = _with_special_ids(config.model, tokenizer)
+    return dataclasses.replace(config, model=model), tokenizer, params
+
+
+def _train_tokenizer(config: TrainConfig, workdir: epath.Path):
+    """A BPE trained on the corpus by host 0 into the staging dir, where the others read it."""
+    tokenizer_dir = workdir / checkpointing.STAGING_DIR / "tokenizer"
+    if jax.process_index() == 0:
+        with checkpointing.locally(tokenizer_dir, upload=True) as local:
+            tokenizer = data.train_tokenizer(
+                data.spec_or_default_corpus(config.data), local, config.tokenizer_vocab_size
+            )
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("dlm_jax tokenizer")
+        with checkpointing.locally(tokenizer_dir, upload=False) as local:
+            tokenizer = load_tokenizer(local)
+    return tokenizer
+
+
+def _with_special_ids(model, tokenizer):
+    """`model` with the vocabulary size and special-token ids of `tokenizer`."""
     ids = special_token_ids(tokenizer)
-    model = config.model.replace(
+    return model.replace(
         vocab_size=len(tokenizer),
         pad_token_id=ids["pad"],
         mask_token_id=ids["mask"],
         bos_token_id=ids["bos"],
         eos_token_id=ids["eos"],
     )
-    return dataclasses.replace(config, model=model), tokenizer, None
 
 
 def _reuse_workdir_tokenizer(config: TrainConfig, workdir: epath.Path, resume_step: int | None) -> bool:
@@ -199,22 +216,21 @@ def train(config: TrainConfig, workdir, *, stop_on_signal: bool = True, allow_ch
             return _train(config, workdir, stop_on_signal, allow_changes)
         finally:
             if jax.process_index() == 0:  # staged files outlive no run, failed or not
-                checkpointing.remove_tree(workdir / STAGING_DIR)
+                checkpointing.remove_tree(workdir / checkpointing.STAGING_DIR)
 
 
 def _train(config: TrainConfig, workdir: epath.Path, stop_on_signal: bool, allow_changes: bool) -> dict:
     """With the workdir locked: every check, then the commit of the run's description, then the
     loop."""
     if jax.process_index() == 0:
-        checkpointing.remove_tree(workdir / STAGING_DIR)  # left by a run killed before it committed
+        checkpointing.remove_tree(workdir / checkpointing.STAGING_DIR)  # left by a run killed before it committed
     manager = checkpointing.checkpoint_manager(workdir, config.keep_checkpoints)
     try:
         resume_step = manager.latest_step()
-        config, tokenizer, init_params = resolve_model(
-            config, workdir, _reuse_workdir_tokenizer(config, workdir, resume_step)
-        )
         mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
-        check_shapes(config, mesh.size)
+        config, tokenizer, init_params = resolve_model(
+            config, workdir, _reuse_workdir_tokenizer(config, workdir, resume_step), mesh.size
+        )
         if resume_step is not None:
             checkpointing.check_workdir(workdir, manager, resume_step, config, allow_changes=allow_changes)
             if resume_step >= config.steps:

@@ -57,7 +57,11 @@ def _cpu_collectives():
 def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)
     if fsdp < 1 or len(devices) % fsdp:
-        raise UserError(f"mesh.fsdp={fsdp} does not divide the {len(devices)} devices")
+        divisors = [d for d in range(1, len(devices) + 1) if len(devices) % d == 0]
+        raise UserError(
+            f"mesh.fsdp={fsdp} does not divide the {len(devices)} devices; set mesh.fsdp to one of "
+            f"{', '.join(map(str, divisors))}"
+        )
     if data == -1:
         data = len(devices) // fsdp
     if data * fsdp < len(devices) and jax.process_count() == 1:
