@@ -8,7 +8,7 @@ HELP = {"train": "train an encoder as a masked diffusion model"}
 
 def add_parser(subparsers, name):
     p = subparsers.add_parser(name, help=HELP[name])
-    p.add_argument("--config", default="tiny", help="preset name (configs/NAME.py) or a JSON/YAML file")
+    p.add_argument("--config", default="tiny", help="preset name (configs/NAME.py) or a JSON/YAML file (default: tiny)")
     p.add_argument("--workdir", required=True, help="run directory: config, model, checkpoints, metrics")
     p.add_argument("--data", help="tfds:NAME[/CONFIG][:SPLIT] or a local text file/directory")
     p.add_argument("--steps", type=positive_int, help="total optimizer steps")
