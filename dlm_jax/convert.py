@@ -19,7 +19,7 @@ import numpy as np
 from dlm_jax.errors import UserError
 from dlm_jax.models import SUPPORTED_MODEL_TYPES, EncoderConfig
 from dlm_jax.models import params as model_params
-from dlm_jax.tokenizer import load_tokenizer, special_token_ids
+from dlm_jax.tokenizer import check_tokenizer_fits, load_tokenizer, special_token_ids
 
 FAMILY = {"bert": "bert", "roberta": "bert", "modernbert": "modernbert"}  # which rows a model type uses
 # The HF encoder's prefix inside the MLM classes; the bare classes (BertModel, ModernBertModel)
@@ -258,16 +258,6 @@ def encoder_config_from_hf(hf: dict, tokenizer=None) -> EncoderConfig:
     )
 
 
-def check_tokenizer_fits(config: EncoderConfig, tokenizer, where) -> None:
-    """A tokenizer with ids beyond the embedding table would be silently clamped by JAX's gather."""
-    if tokenizer is not None and len(tokenizer) > config.vocab_size:
-        raise UserError(
-            f"{where}: the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
-            f"{config.vocab_size}; ids past {config.vocab_size - 1} have no embedding. Use the "
-            "checkpoint's own tokenizer files"
-        )
-
-
 # ----------------------------------------------------------------------------- weights
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     from safetensors import SafetensorError
@@ -396,6 +386,24 @@ def find_hf_dir(path: Path) -> Path:
     )
 
 
+def check_not_ours(path: Path) -> None:
+    """UserError for a dlm-jax workdir, checkpoint step or model directory: its config.json, if
+    any, is the training config, which names no model type."""
+    from dlm_jax.checkpoint import is_model_dir, is_workdir, workdir_and_step
+
+    if is_workdir(workdir_and_step(path)[0]):
+        kind = "training workdir" if is_workdir(path) else "training checkpoint"
+    elif is_model_dir(path):
+        kind = "model directory"
+    else:
+        return
+    raise UserError(
+        f"{path} is already a dlm-jax {kind}, nothing to convert; use it as it is (dlm_jax.load, "
+        f"generate/eval --checkpoint, train --init) or run `dlm-jax export {path} HF_DIR` for a "
+        "HuggingFace folder"
+    )
+
+
 def convert_hf_dir(hf_dir, *, seed: int = 0):
     """A HF checkpoint directory -> (EncoderConfig, params, tokenizer or None, ConversionReport)."""
     hf_dir = Path(hf_dir)
@@ -403,6 +411,7 @@ def convert_hf_dir(hf_dir, *, seed: int = 0):
         raise UserError(f"{hf_dir} does not exist; pass a HuggingFace model directory")
     if not hf_dir.is_dir():
         raise UserError(f"{hf_dir} is not a directory; pass a HuggingFace model directory")
+    check_not_ours(hf_dir)
     hf_dir = find_hf_dir(hf_dir)
     hf = read_hf_config(hf_dir)
     if not any((hf_dir / name).is_file() for name in WEIGHT_FILES):

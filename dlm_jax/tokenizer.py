@@ -19,6 +19,10 @@ from pathlib import Path
 from dlm_jax.errors import UserError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt")
+# The files holding a vocabulary (with SentencePiece's *.model). tokenizer_config.json holds only
+# settings and special tokens: from it alone transformers builds a tokenizer of just those tokens
+# without complaint, and every text encodes to unknown tokens.
+VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json")
 
 
 def load_tokenizer(directory, *, required: bool = True):
@@ -36,6 +40,11 @@ def load_tokenizer(directory, *, required: bool = True):
         if not required:
             return None
         raise UserError(f"{directory} holds no tokenizer (tokenizer.json or vocab.txt); see `dlm-jax tokenizer train`")
+    if not any((directory / name).is_file() for name in VOCABULARY_FILES) and not any(directory.glob("*.model")):
+        raise UserError(
+            f"{directory} has tokenizer_config.json but no tokenizer.json (or vocab.txt for a WordPiece "
+            "tokenizer), so no vocabulary; copy that file from where the tokenizer came from"
+        )
     try:
         if (directory / "vocab.txt").is_file() and not (directory / "tokenizer.json").is_file():
             tokenizer = BertTokenizer.from_pretrained(str(directory))  # AutoTokenizer fails here
@@ -49,6 +58,17 @@ def load_tokenizer(directory, *, required: bool = True):
     if required and tokenizer.mask_token_id is None:
         raise UserError(f"the tokenizer in {directory} has no mask token; diffusion needs one")
     return tokenizer
+
+
+def check_tokenizer_fits(config, tokenizer, where) -> None:
+    """A tokenizer with ids beyond the embedding table of `config` (an EncoderConfig) would be
+    silently clamped by JAX's gather."""
+    if tokenizer is not None and len(tokenizer) > config.vocab_size:
+        raise UserError(
+            f"{where}: the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
+            f"{config.vocab_size}; ids past {config.vocab_size - 1} have no embedding. Use the "
+            "checkpoint's own tokenizer files"
+        )
 
 
 def special_token_ids(tokenizer) -> dict:

@@ -5,11 +5,17 @@ here (tiny, steps 1 and 2 saved) is read at its latest step, at a chosen step an
 checkpoint step directory, which agree; wrong paths and steps are one clear UserError.
 """
 
+import dataclasses
+import shutil
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
 from helpers_hf import make_hf_checkpoint
 
+import dlm_jax
 from dlm_jax.checkpoint import (
     is_model_dir,
     is_workdir,
@@ -66,18 +72,19 @@ def monkeypatch_module():
 
 
 def test_model_directory_round_trip(tmp_path, shared_data):
-    params = init_params(TINY, seed=3)
     tokenizer = load_tokenizer(shared_data / "tokenizers" / "roberta-base")
+    sized = dataclasses.replace(TINY, vocab_size=len(tokenizer))
+    params = init_params(sized, seed=3)
     # bf16 leaves come back float32 with the same values
     halved = jax.tree.map(lambda x: np.asarray(x, jax.numpy.bfloat16), params)
-    save_model(tmp_path / "m", TINY, halved, tokenizer)
+    save_model(tmp_path / "m", sized, halved, tokenizer)
     assert is_model_dir(tmp_path / "m") and not is_workdir(tmp_path / "m")
     config, loaded, loaded_tokenizer = load_model_dir(tmp_path / "m")
-    assert config == TINY and loaded_tokenizer.get_vocab() == tokenizer.get_vocab()
+    assert config == sized and loaded_tokenizer.get_vocab() == tokenizer.get_vocab()
     assert {x.dtype for x in jax.tree.leaves(loaded)} == {np.dtype(np.float32)}
     assert equal_trees(loaded, jax.tree.map(lambda x: np.asarray(x, np.float32), halved))
     assert equal_trees(read_any(tmp_path / "m")[1], loaded)
-    save_model(tmp_path / "bare", TINY, params)  # no tokenizer: none comes back
+    save_model(tmp_path / "bare", sized, params)  # no tokenizer: none comes back
     assert load_model_dir(tmp_path / "bare")[2] is None and equal_trees(load_model_dir(tmp_path / "bare")[1], params)
     with pytest.raises(UserError, match="needs a training workdir"):
         read_any(tmp_path / "m", 1)
@@ -118,3 +125,87 @@ def test_paths_that_are_not_models(tmp_path):
     hf = make_hf_checkpoint(tmp_path, "bert")
     config, params, tokenizer = read_any(hf)  # converted in memory
     assert config.model_type == "bert" and tokenizer is not None and jax.tree.leaves(params)
+
+
+# ----------------------------------------------------------------------------- damaged input
+def truncate_params(step_dir):
+    """Cut every data file of a saved params tree to half its size, as a full disk or an
+    interrupted copy would."""
+    data_files = [p for p in (step_dir / "params").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert data_files
+    for path in data_files:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def one_line_error(call, *words):
+    with pytest.raises(UserError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 1000, message
+    for word in words:
+        assert word in message, message
+    return message
+
+
+def test_damaged_workdir_step_is_one_line_naming_the_other_steps(workdir, tmp_path):
+    truncated = shutil.copytree(workdir, tmp_path / "truncated")
+    truncate_params(truncated / "checkpoints" / "2")
+    step_dir = truncated / "checkpoints" / "2"
+    for load in (lambda: read_any(truncated), lambda: dlm_jax.load(truncated), lambda: read_any(step_dir)):
+        one_line_error(load, f"checkpoint {step_dir} is damaged or incomplete", "--step N (1)", f"delete {step_dir}")
+    assert equal_trees(read_any(truncated, 1)[1], read_any(workdir, 1)[1])  # the other step still loads
+
+    no_params = shutil.copytree(workdir, tmp_path / "no-params")
+    shutil.rmtree(no_params / "checkpoints" / "2" / "params")
+    one_line_error(lambda: dlm_jax.load(no_params), 'Item "params" was not found', "--step N (1)")
+    shutil.rmtree(no_params / "checkpoints" / "1")  # now the damaged step is the only one
+    one_line_error(
+        lambda: dlm_jax.load(no_params),
+        f"checkpoint {no_params / 'checkpoints' / '2'} is damaged",
+        "it is the only saved step",
+        "train again",
+    )
+
+
+def test_damaged_model_directory_is_one_line(tmp_path):
+    save_model(tmp_path / "m", TINY, init_params(TINY))
+    truncate_params(tmp_path / "m")
+    one_line_error(lambda: dlm_jax.load(tmp_path / "m"), f"{tmp_path / 'm' / 'params'} is damaged", "re-save it")
+
+
+def test_cli_prints_only_the_line_for_a_damaged_checkpoint(workdir, tmp_path):
+    """The installed entry point, as a user runs it: Orbax's abandoned reads print nothing after
+    the line (they used to add hundreds of traceback lines, at random)."""
+    truncated = shutil.copytree(workdir, tmp_path / "truncated")
+    truncate_params(truncated / "checkpoints" / "2")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dlm_jax",
+            "generate",
+            "--checkpoint",
+            str(truncated),
+            "--prompt",
+            "hi",
+            "--gen-length",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith(f"dlm-jax generate: error: --checkpoint: checkpoint {truncated / 'checkpoints' / '2'}")
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_refused(workdir, tmp_path, shared_data):
+    """Ids past vocab_size would be clamped silently by JAX's gather: refused before the params
+    are read, naming both sizes."""
+    save_model(tmp_path / "m", TINY, init_params(TINY), load_tokenizer(shared_data / "tokenizers" / "roberta-base"))
+    one_line_error(lambda: load_model_dir(tmp_path / "m"), "the tokenizer has 50265 tokens", "vocab_size is 512")
+    shrunk = shutil.copytree(workdir, tmp_path / "shrunk")
+    config_file = shrunk / "model" / "dlm_config.json"
+    config_file.write_text(config_file.read_text().replace('"vocab_size": 512', '"vocab_size": 500'))
+    one_line_error(lambda: read_any(shrunk), "the tokenizer has 512 tokens", "vocab_size is 500")

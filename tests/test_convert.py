@@ -359,15 +359,36 @@ def test_cli_prints_one_line_without_traceback(tmp_path):
     ]
 
 
-def test_refuses_non_empty_out_dir_unless_forced(tmp_path, capsys, roberta_dir):
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    (out_dir / "keep.txt").write_text("mine")
-    code, _, err = cli(capsys, "convert", roberta_dir, out_dir)
-    assert code == 2 and len(err) == 1 and "--force" in err[0]
-    assert (out_dir / "keep.txt").read_text() == "mine"
-    code, _, _ = cli(capsys, "convert", roberta_dir, out_dir, "--force")
-    assert code == 0 and not (out_dir / "keep.txt").exists() and (out_dir / "params").is_dir()
+def test_force_replaces_only_an_earlier_output(tmp_path, capsys, roberta_dir):
+    """--force replaces an earlier conversion / export, never a folder of the user's own files."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "notes.md").write_text("mine")
+    ours, exported = tmp_path / "ours", tmp_path / "exported"
+    for command, source, option, looks in (
+        ("convert", roberta_dir, "OUT_DIR", "no earlier conversion (dlm_config.json and params/)"),
+        ("export", ours, "HF_DIR", "no earlier export (config.json and model.safetensors)"),
+    ):
+        code, _, err = cli(capsys, command, source, notes)
+        assert code == 2 and len(err) == 1 and "--force" in err[0], err
+        code, _, err = cli(capsys, command, source, notes, "--force")
+        assert code == 2 and err == [
+            f"dlm-jax {command}: error: {option} {notes} is not empty and holds {looks}; "
+            "--force replaces only that, choose another directory or empty this one"
+        ]
+        assert [p.name for p in notes.iterdir()] == ["notes.md"] and (notes / "notes.md").read_text() == "mine"
+        out = ours if command == "convert" else exported
+        assert cli(capsys, command, source, out)[0] == 0
+        (out / "stale.txt").write_text("from an earlier run")
+        assert cli(capsys, command, source, out, "--force")[0] == 0  # an earlier output is replaced
+        assert not (out / "stale.txt").exists()
+    assert (ours / "params").is_dir() and (exported / "model.safetensors").is_file()
+
+
+def test_convert_help_names_every_family(capsys):
+    assert main(["--help"]) == 0
+    convert_line = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("convert"))
+    assert "BERT/RoBERTa/ModernBERT" in convert_line
 
 
 def test_logits_refuses_ids_outside_vocab_and_long_inputs(roberta_dir):
@@ -424,6 +445,13 @@ def test_training_workdir_load_and_export(tmp_path, capsys):
         )
     manager.wait_until_finished()
     manager.close()
+
+    capsys.readouterr()  # save_pretrained's progress bar
+    # already ours: nothing to convert, whichever of its folders is given
+    assert_refused(capsys, tmp_path, workdir, "is already a dlm-jax training workdir", f"dlm-jax export {workdir}")
+    step_dir = workdir / "checkpoints" / "10"
+    assert_refused(capsys, tmp_path, step_dir, "is already a dlm-jax training checkpoint", "dlm-jax export")
+    assert_refused(capsys, tmp_path, out_dir, "is already a dlm-jax model directory", "dlm_jax.load")
 
     restored = load_params_from_workdir(workdir)
     assert jax.tree.all(jax.tree.map(np.array_equal, restored, later))

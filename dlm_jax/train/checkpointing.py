@@ -32,7 +32,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from dlm_jax.checkpoint import WORKDIR_CHECKPOINTS_DIR, WORKDIR_MODEL_DIR
+from dlm_jax.checkpoint import WORKDIR_CHECKPOINTS_DIR, WORKDIR_MODEL_DIR, reading_checkpoint
 from dlm_jax.errors import UserError
 from dlm_jax.models import CONFIG_FILE, EncoderConfig
 from dlm_jax.train.config import RESUME_FREE, RESUME_IGNORED, RESUME_LAYOUT, SCHEDULE_KEYS, TrainConfig
@@ -440,9 +440,22 @@ def save(manager: ocp.CheckpointManager, state: TrainState, data_state: dict, me
     manager.save(step, args=ocp.args.Composite(**items), force=True)
 
 
+def _reading_step(manager: ocp.CheckpointManager, step: int):
+    """reading_checkpoint for the saved step a run resumes from."""
+    step_dir = epath.Path(manager.directory) / str(step)
+    return reading_checkpoint(
+        step_dir,
+        lambda reason: (
+            f"checkpoint {step_dir} is damaged or incomplete ({reason}); delete it to resume from "
+            "the step saved before it (or to start afresh when it is the only one), or train in another --workdir"
+        ),
+    )
+
+
 def read_json(manager: ocp.CheckpointManager, step: int, item: str) -> dict:
     """One JSON item (meta, data) of the checkpoint at `step`."""
-    return manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))[item]
+    with _reading_step(manager, step):
+        return manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))[item]
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract: TrainState) -> TrainState:
@@ -452,7 +465,8 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract: TrainState) -> 
     )
     if abstract.ema is not None:
         items["ema"] = ocp.args.StandardRestore(abstract.ema)
-    out = manager.restore(step, args=ocp.args.Composite(**items))
+    with _reading_step(manager, step):
+        out = manager.restore(step, args=ocp.args.Composite(**items))
     step_array = jax.device_put(jax.numpy.asarray(step, jax.numpy.int32), abstract.step.sharding)
     ema = out["ema"] if abstract.ema is not None else None
     return TrainState(step_array, out["params"], out["opt_state"], ema)
