@@ -46,7 +46,10 @@ def add_parser(subparsers, name):
         "--samples", type=non_negative_int, default=8, help="samples to generate for statistics (0: none; default 8)"
     )
     p.add_argument(
-        "--prompt-len", type=positive_int, default=16, help="prompt tokens taken from each held-out sequence"
+        "--prompt-len",
+        type=positive_int,
+        default=16,
+        help="prompt tokens taken from each held-out sequence (default 16)",
     )
     p.add_argument(
         "--gen-length",
