@@ -8,3 +8,9 @@ status 2; a raw traceback is reserved for bugs in dlm-jax itself.
 
 class UserError(Exception):
     """A mistake in the user's input; the message is one line naming the problem and the fix."""
+
+
+def flag(keyword: str) -> str:
+    """The command-line flag of a Python keyword (gen_length -> --gen-length), for messages that
+    name what a command-line user typed."""
+    return "--" + keyword.replace("_", "-")

@@ -28,7 +28,7 @@ from flax import nnx
 
 from dlm_jax import api, data, diffusion, ops, sampling
 from dlm_jax import checkpoint as checkpoint_lib
-from dlm_jax.errors import UserError
+from dlm_jax.errors import UserError, flag
 from dlm_jax.tokenizer import encode_texts
 
 REPEAT_NGRAM = 4  # repetition rate counts repeated 4-grams
@@ -362,11 +362,11 @@ def generated_tokens(ids, prompt_len, config) -> list:
     ]
 
 
-_FLAGS = {"data_spec": "--data", "num_samples": "--samples"}  # else --name-with-dashes
+_FLAGS = {"data_spec": "--data", "num_samples": "--samples"}  # else errors.flag's --name-with-dashes
 
 
 def _flag(name):
-    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+    return _FLAGS.get(name) or flag(name)
 
 
 def _check_integers(least, **values):
@@ -492,6 +492,7 @@ def evaluate(
             gen_length=gen_length,
             steps=steps,
             temperature=temperature,
+            flags=True,
         )
     split = split or data.held_out_split(data_spec)
     training_text = trained_on is not None and split == "train"  # a local text has no held-out part

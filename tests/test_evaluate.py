@@ -362,13 +362,13 @@ def test_bad_arguments_are_one_line_naming_the_option_before_any_compile(tmp_pat
         ({"step": -1}, "--step must be an integer >= 0, got -1"),
         ({"seed": -1}, "--seed must be an integer >= 0, got -1"),
         ({"seed": 2**32}, r"--seed must be below 2\*\*32, got 4294967296"),
-        ({"temperature": -0.5}, r"temperature must be >= 0 \(0 is greedy\), got -0.5"),
-        ({"temperature": math.nan}, "temperature must be >= 0 .*, got nan"),
+        ({"temperature": -0.5}, r"--temperature must be >= 0 \(0 is greedy\), got -0.5"),
+        ({"temperature": math.nan}, "--temperature must be >= 0 .*, got nan"),
         ({"step": 3}, "--checkpoint: --step 3 needs a training workdir, but .* holds a single model"),
         ({"seq_len": 65}, "--seq-len 65 exceeds the model's 64 positions; pass --seq-len 64 or less"),
         # seq_len None is min(128, the model's 64 positions) for a model that is no workdir
         ({"prompt_len": 64}, "--prompt-len 64 must be shorter than --seq-len 64"),
-        ({"gen_length": 49}, r"prompt of 16 tokens \+ gen_length 49 exceeds the 64 positions this model has"),
+        ({"gen_length": 49}, r"prompt of 16 tokens \+ --gen-length 49 exceeds the 64 positions this model has"),
         ({"gen_length": 8, "steps": 9}, "9 steps per block cannot each commit a token of a 8-token block"),
         ({"cache_dir": afile / "cache"}, f"{afile} is a file, not a directory .*--cache-dir"),
     ]:

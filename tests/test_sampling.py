@@ -302,4 +302,4 @@ def test_cli_generate(tmp_path, capsys):
         )
         == 2
     )
-    assert "not divisible by block_length" in capsys.readouterr().err
+    assert "not divisible by --block-length" in capsys.readouterr().err

@@ -170,7 +170,8 @@ def run(args):
     import numpy as np
 
     from dlm_jax.api import load
-    from dlm_jax.sampling import cut_at_eos, encode_prompt, generate, generated_text
+    from dlm_jax.sampling import check, cut_at_eos, encode_prompt, generate, generated_text
+    from dlm_jax.sampling.plan import as_batch
 
     try:
         model = load(args.checkpoint, dtype=args.dtype, step=args.step)
@@ -187,9 +188,7 @@ def run(args):
     prompts = [encode_prompt(tokenizer, t) for t in texts]
     gen_length = _gen_length(args, model, prompts)
     want_history = args.show or args.trajectory is not None
-    result = generate(
-        model,
-        prompts,
+    settings = dict(
         gen_length=gen_length,
         steps=args.steps or gen_length,
         block_length=args.block_length,
@@ -206,9 +205,10 @@ def run(args):
         stop_at_eos=args.stop_at_eos,
         cache=args.cache,
         refresh_every=args.refresh_every,
-        seed=args.seed,
-        return_history=want_history,
     )
+    # generate() checks these too, naming its keywords; here the messages name the flags.
+    check(config, tokenizer, as_batch(prompts, None, config.pad_token_id)[0], **settings, flags=True)
+    result = generate(model, prompts, **settings, seed=args.seed, return_history=want_history)
     ids, history = result if want_history else (result, None)
     width = ids.shape[1] - gen_length  # prompts are left-padded to the longest
 

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from dlm_jax.errors import UserError
+from dlm_jax.errors import UserError, flag
 from dlm_jax.sampling.strategies import STRATEGIES, Strategy, strategy_named
 
 SCHEDULES = ("even", "cosine", "linear")
@@ -183,43 +183,48 @@ def check(
     cache=None,
     refresh_every=None,
     stop_at_eos=False,
+    flags=False,
 ):
     """Raise UserError for every mistake a user can make, before anything is compiled. ids: the
-    prompts as a [B, P] array; the keywords and their defaults are generate()'s."""
+    prompts as a [B, P] array; the keywords and their defaults are generate()'s. flags: the
+    messages name the command line's flags (--gen-length, --remasking threshold) instead of
+    generate()'s keywords (gen_length, remasking='threshold')."""
     block_length = gen_length if block_length is None else block_length
+    name = flag if flags else str
+    setting = (lambda key, value: f"{flag(key)} {value}") if flags else (lambda key, value: f"{key}={value!r}")
     if remasking not in STRATEGIES:
-        raise UserError(f"unknown remasking strategy {remasking!r}; choose one of {', '.join(STRATEGIES)}")
+        raise UserError(f"unknown {name('remasking')} strategy {remasking!r}; choose one of {', '.join(STRATEGIES)}")
     strategy = strategy_named(remasking)
     if schedule not in SCHEDULES:
-        raise UserError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        raise UserError(f"unknown {name('schedule')} {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     if config.mask_token_id is None or (tokenizer is not None and getattr(tokenizer, "mask_token_id", 0) is None):
         raise UserError(
             "this checkpoint's tokenizer has no mask token; diffusion sampling needs one "
             "(set mask_token_id in dlm_config.json / add a mask token)"
         )
     if int(gen_length) != gen_length or gen_length <= 0:
-        raise UserError(f"gen_length must be a positive integer, got {gen_length}")
+        raise UserError(f"{name('gen_length')} must be a positive integer, got {gen_length}")
     if int(steps) != steps or steps <= 0:
-        raise UserError(f"steps must be a positive integer, got {steps}")
+        raise UserError(f"{name('steps')} must be a positive integer, got {steps}")
     if gen_length % block_length:
         raise UserError(
-            f"gen_length {gen_length} is not divisible by block_length {block_length}; "
+            f"{name('gen_length')} {gen_length} is not divisible by {name('block_length')} {block_length}; "
             "pick a block length that divides it"
         )
     num_blocks = gen_length // block_length
     if steps % num_blocks:
         raise UserError(
-            f"steps {steps} is not divisible by the number of blocks {num_blocks} "
-            f"(gen_length / block_length); use a multiple of {num_blocks}"
+            f"{name('steps')} {steps} is not divisible by the number of blocks {num_blocks} "
+            f"({name('gen_length')} / {name('block_length')}); use a multiple of {num_blocks}"
         )
     if not strategy.bounded_loop and steps // num_blocks > block_length:
         raise UserError(
             f"{steps // num_blocks} steps per block cannot each commit a token of a "
-            f"{block_length}-token block; use at most {block_length * num_blocks} steps"
+            f"{block_length}-token block; use {name('steps')} {block_length * num_blocks} or fewer"
         )
     if ids.shape[1] + gen_length > config.max_length:
         raise UserError(
-            f"prompt of {ids.shape[1]} tokens + gen_length {gen_length} exceeds the "
+            f"prompt of {ids.shape[1]} tokens + {name('gen_length')} {gen_length} exceeds the "
             f"{config.max_length} positions this model has; shorten one of them"
         )
     if ids.min() < 0 or ids.max() >= config.vocab_size:
@@ -227,48 +232,55 @@ def check(
             f"prompt token ids must lie in [0, {config.vocab_size}); got {ids.min()}..{ids.max()} (wrong tokenizer?)"
         )
     if not temperature >= 0:
-        raise UserError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+        raise UserError(f"{name('temperature')} must be >= 0 (0 is greedy), got {temperature}")
     if top_p is not None and not 0 < top_p <= 1:
-        raise UserError(f"top_p must lie in (0, 1], got {top_p}")
+        raise UserError(f"{name('top_p')} must lie in (0, 1], got {top_p}")
     if top_k is not None and (int(top_k) != top_k or top_k < 1):
-        raise UserError(f"top_k must be a positive integer, got {top_k}")
+        raise UserError(f"{name('top_k')} must be a positive integer, got {top_k}")
     if not cfg_scale >= 0:
-        raise UserError(f"cfg_scale must be >= 0 (0 turns guidance off), got {cfg_scale}")
+        raise UserError(f"{name('cfg_scale')} must be >= 0 (0 turns guidance off), got {cfg_scale}")
     if confidence_threshold is not None:
         if remasking != "threshold":
-            raise UserError("confidence_threshold only applies to remasking='threshold'")
+            raise UserError(f"{name('confidence_threshold')} only applies to {setting('remasking', 'threshold')}")
         if not 0 < confidence_threshold <= 1:
-            raise UserError(f"confidence_threshold must lie in (0, 1], got {confidence_threshold}")
+            raise UserError(f"{name('confidence_threshold')} must lie in (0, 1], got {confidence_threshold}")
     if forbid_eos and config.eos_token_id is None:
-        raise UserError("forbid_eos needs an EOS token, but the config has eos_token_id None")
+        raise UserError(f"{name('forbid_eos')} needs an EOS token, but the config has eos_token_id None")
     if factor is not None:
         if strategy.name != "factor":
-            raise UserError("factor only applies to remasking='factor'")
+            raise UserError(f"{name('factor')} only applies to {setting('remasking', 'factor')}")
         if not factor > 0:
-            raise UserError(f"factor must be > 0, got {factor}")
+            raise UserError(f"{name('factor')} must be > 0, got {factor}")
     if alg_temp:
         if not strategy.counted or strategy.score is None:
             raise UserError(
-                "alg_temp draws the positions to commit by their confidence; it applies to "
-                "low_confidence (maskgit_plus), topk_margin and entropy"
+                f"{name('alg_temp')} draws the positions to commit by their confidence; it applies to "
+                f"{name('remasking')} low_confidence (maskgit_plus), topk_margin and entropy"
             )
         if not alg_temp > 0:
-            raise UserError(f"alg_temp must be >= 0 (0 or None commits the most confident), got {alg_temp}")
+            raise UserError(f"{name('alg_temp')} must be >= 0 (0 or None commits the most confident), got {alg_temp}")
     if cache is not None and cache not in CACHES:
-        raise UserError(f"unknown cache {cache!r}; choose None or one of {', '.join(CACHES)}")
+        raise UserError(f"unknown {name('cache')} {cache!r}; choose None or one of {', '.join(CACHES)}")
     if refresh_every is not None:
         if cache is None:
-            raise UserError("refresh_every applies with cache='prefix' or cache='dual'")
+            raise UserError(
+                f"{name('refresh_every')} applies with {setting('cache', 'prefix')} or {setting('cache', 'dual')}"
+            )
         if int(refresh_every) != refresh_every or refresh_every < 1:
-            raise UserError(f"refresh_every must be a positive integer (steps between refreshes), got {refresh_every}")
+            raise UserError(
+                f"{name('refresh_every')} must be a positive integer (steps between refreshes), got {refresh_every}"
+            )
     if stop_at_eos:
         if config.eos_token_id is None:
-            raise UserError("stop_at_eos needs an EOS token, but the config has eos_token_id None")
+            raise UserError(f"{name('stop_at_eos')} needs an EOS token, but the config has eos_token_id None")
         if forbid_eos:
-            raise UserError("stop_at_eos waits for an EOS that forbid_eos never proposes; drop one of them")
+            raise UserError(
+                f"{name('stop_at_eos')} waits for an EOS that {name('forbid_eos')} never proposes; drop one of them"
+            )
         if strategy.remask:
             raise UserError(
-                "stop_at_eos cannot be used with random_remask, which re-predicts decoded tokens until its block ends"
+                f"{name('stop_at_eos')} cannot be used with {setting('remasking', 'random_remask')}, which "
+                "re-predicts decoded tokens until its block ends"
             )
 
 
