@@ -220,22 +220,26 @@ def workdir_and_step(path, step: int | None = None):
     return path, step
 
 
-def read_any(path, step: int | None = None):
+def read_any(path, step: int | None = None, *, weights: bool = True):
     """Our model dir, a training workdir (its latest checkpoint, or `step`), one checkpoint step
     directory of a workdir, or a HuggingFace directory (converted in memory) -> (config, params
-    pure dict, tokenizer or None)."""
+    pure dict, tokenizer or None). weights=False: only the config, after the same checks (None, None)."""
     path, step = workdir_and_step(path, step)
     if not path.exists():
         raise UserError(f"{path} does not exist; pass a model directory, a training workdir or a HF directory")
     if is_workdir(path):
+        if not weights:
+            return EncoderConfig.load(path / WORKDIR_MODEL_DIR), None, None
         return load_workdir(path, step)
     if step is not None:
         raise UserError(f"--step {step} needs a training workdir, but {path} holds a single model")
     if is_model_dir(path):
-        return load_model_dir(path)
+        return load_model_dir(path) if weights else (EncoderConfig.load(path), None, None)
     if (path / "config.json").is_file() or (path / "modules.json").is_file():
-        from dlm_jax.convert import convert_hf_dir
+        from dlm_jax.convert import convert_hf_dir, read_hf_dir
 
+        if not weights:
+            return read_hf_dir(path)[1], None, None
         config, params, tokenizer, _ = convert_hf_dir(path)
         return config, params, tokenizer
     raise UserError(

@@ -404,8 +404,9 @@ def check_not_ours(path: Path) -> None:
     )
 
 
-def convert_hf_dir(hf_dir, *, seed: int = 0):
-    """A HF checkpoint directory -> (EncoderConfig, params, tokenizer or None, ConversionReport)."""
+def read_hf_dir(hf_dir) -> tuple[Path, EncoderConfig, object]:
+    """A HF checkpoint directory -> (the folder holding its weights, EncoderConfig, tokenizer or
+    None), every check done and no weight read."""
     hf_dir = Path(hf_dir)
     if not hf_dir.exists():
         raise UserError(f"{hf_dir} does not exist; pass a HuggingFace model directory")
@@ -420,6 +421,12 @@ def convert_hf_dir(hf_dir, *, seed: int = 0):
     tokenizer = load_tokenizer(hf_dir, required=False)
     config = encoder_config_from_hf(hf, tokenizer)
     check_tokenizer_fits(config, tokenizer, hf_dir)
+    return hf_dir, config, tokenizer
+
+
+def convert_hf_dir(hf_dir, *, seed: int = 0):
+    """A HF checkpoint directory -> (EncoderConfig, params, tokenizer or None, ConversionReport)."""
+    hf_dir, config, tokenizer = read_hf_dir(hf_dir)
     params, report = params_from_hf(read_hf_weights(hf_dir), config, seed=seed)
     return config, params, tokenizer, report
 

@@ -545,16 +545,21 @@ def test_prefix_that_leaves_nothing_to_mask_is_refused(tmp_path, corpus, tokeniz
     assert resolve_config("tiny", ["objective.prefix_len=63"]).objective.prefix_len == 63
 
 
-def test_model_set_that_init_would_ignore_is_refused(tmp_path, corpus, capsys):
+def test_model_set_that_init_would_ignore_is_refused(tmp_path, corpus, capsys, monkeypatch):
     """With --init the model is the checkpoint's: a --set model.KEY that differs from it is
-    refused, naming both values; one equal to it passes (the run then stops at its missing corpus)."""
+    refused, naming both values, from the checkpoint's config alone (no weight is read); one equal
+    to it passes (the run then stops at its missing corpus)."""
     from helpers_hf import make_hf_checkpoint
+
+    from dlm_jax import convert
 
     hf = make_hf_checkpoint(tmp_path, "roberta")  # 2 layers, hidden 32
     capsys.readouterr()  # transformers' progress bars
     base = ["train", "--config", "tiny", "--workdir", str(tmp_path / "w"), "--init", str(hf), "--steps", "2"]
     sets = ["--set", "model.num_hidden_layers=6", "--set", "model.hidden_size=32"]
-    line = _refused(capsys, base + ["--data", corpus, *sets])
+    with monkeypatch.context() as patch:
+        patch.setattr(convert, "read_hf_weights", lambda _: pytest.fail("the refusal read the weights"))
+        line = _refused(capsys, base + ["--data", corpus, *sets])
     assert "--set model.num_hidden_layers=6 (init's 2) conflicts with the model of init" in line
     assert "hidden_size" not in line and "drop the --set, or train from scratch without --init" in line
     assert not (tmp_path / "w").exists()

@@ -268,7 +268,7 @@ def check_init_model_sets(config: TrainConfig, model_sets: dict) -> None:
     model.KEY that differs from it would be silently ignored, so it is refused."""
     from dlm_jax.checkpoint import read_any
 
-    initial = read_any(config.init)[0]
+    initial = read_any(config.init, weights=False)[0]
     conflicts = [
         f"model.{key}={getattr(config.model, key)!r} (init's {getattr(initial, key)!r})"
         for key in model_sets
