@@ -458,7 +458,7 @@ def evaluate(
     except UserError as err:
         raise UserError(f"--checkpoint: {err}") from None
     config = model.config
-    trained_on = None
+    trained_on = held_out_corpus = None
     if data_spec is None:
         training = checkpoint_lib.training_config(checkpoint)
         if training is None:
@@ -467,8 +467,12 @@ def evaluate(
                 "fall back on; pass --data tfds:NAME, a text file or a folder of them"
             )
         trained_on = data.spec_or_default_corpus(training.get("data"))
-        # A TFDS spec that named its training split is evaluated on the dataset's held-out split.
+        # The built-in corpus is scored on its held-out part, where this Python has its test suite;
+        # a TFDS spec that named its training split on the dataset's held-out split.
+        if training.get("data") is None:
+            held_out_corpus = data.default_held_out_corpus()
         data_spec = "tfds:" + trained_on[5:].partition(":")[0] if trained_on.startswith("tfds:") else trained_on
+        data_spec = str(held_out_corpus or data_spec)
     if model.tokenizer is None:
         raise UserError(f"--checkpoint {checkpoint} has no tokenizer files; save the tokenizer beside the model")
     if seq_len is None:
@@ -495,8 +499,14 @@ def evaluate(
             flags=True,
         )
     split = split or data.held_out_split(data_spec)
-    training_text = trained_on is not None and split == "train"  # a local text has no held-out part
-    if trained_on is not None:
+    # A local text has no held-out part (the built-in corpus's is another file).
+    training_text = trained_on is not None and held_out_corpus is None and split == "train"
+    if held_out_corpus is not None:
+        log(
+            f"no --data: {checkpoint} was trained on the built-in corpus {trained_on}; scoring its held-out "
+            f"part, the docstrings of the standard library's test suite, {data_spec}"
+        )
+    elif trained_on is not None:
         held_out = "its training text, not held out" if training_text else f"its {split} split"
         log(f"no --data: the data {checkpoint} was trained on, {data_spec}: {held_out}")
     dataset = data.prepare_dataset(

@@ -469,6 +469,19 @@ def test_default_corpus_is_deterministic(stdlib_corpus, tmp_path):
     assert default_corpus(tmp_path).read_bytes() == stdlib_corpus.read_bytes()
 
 
+def test_default_held_out_corpus_is_other_docstrings_of_the_same_kind(stdlib_corpus, tmp_path):
+    """The held-out text of the built-in corpus: the standard library test suite's docstring prose,
+    none of whose files the training text reads; the few paragraphs both hold are copied ones."""
+    held_out = sources.default_held_out_corpus(tmp_path)
+    text = held_out.read_text(encoding="utf-8")
+    assert 50_000 < len(text) < 2_000_000
+    training = set(stdlib_corpus.read_text(encoding="utf-8").split("\n\n"))
+    shared = sum(len(paragraph) for paragraph in text.split("\n\n") if paragraph in training)
+    assert shared < 0.02 * len(text)
+    stamp = held_out.stat().st_mtime_ns
+    assert sources.default_held_out_corpus(tmp_path) == held_out and held_out.stat().st_mtime_ns == stamp
+
+
 def test_bad_input_messages(tmp_path, roberta, shakespeare, monkeypatch):
     cache = tmp_path / "cache"
 

@@ -431,6 +431,31 @@ def test_without_data_a_workdir_is_scored_on_its_training_data(tmp_path, workdir
         evaluate.evaluate(hf_roberta, None, **settings)
 
 
+def test_without_data_the_built_in_corpus_is_scored_on_its_held_out_part(tmp_path, shared_data, monkeypatch):
+    """A run trained without --data read the built-in corpus (the standard library's docstrings);
+    eval without --data scores the docstrings of the standard library's test suite, which that
+    corpus leaves out, and says so."""
+    from dlm_jax import data
+    from dlm_jax.data import train_tokenizer
+    from dlm_jax.train.config import resolve_config
+    from dlm_jax.train.loop import train
+
+    monkeypatch.setenv("DLM_JAX_CACHE", str(tmp_path / "cache"))
+    tokenizer = tmp_path / "tokenizer"
+    train_tokenizer(shared_data / "tinyshakespeare" / "input.txt", tokenizer, vocab_size=512)
+    workdir = tmp_path / "workdir"
+    overrides = (f"tokenizer={tokenizer}", "batch_size=8", "log_every=1", "warmup_steps=1")
+    train(resolve_config("tiny", overrides, steps=1), workdir)
+    messages = []
+    settings = {"batch_size": 2, "max_sequences": 2, "nelbo_samples": 1, "num_samples": 0, "cache_dir": tmp_path}
+    result = evaluate.evaluate(workdir, None, log=messages.append, **settings)
+    held_out = data.default_held_out_corpus()
+    assert held_out is not None and held_out.parent == tmp_path / "cache"
+    assert result["data"] == str(held_out) and not result["training_text"]
+    assert any("scoring its held-out part, the docstrings of the standard library's test suite" in m for m in messages)
+    assert result["nelbo_nats"] == evaluate.evaluate(workdir, str(held_out), **settings)["nelbo_nats"]
+
+
 def test_nelbo_shows_a_progress_bar_on_a_terminal(encoder):
     from helpers_terminal import stderr_on_a_terminal
 

@@ -15,7 +15,14 @@ The path of a corpus through this package:
 
 from dlm_jax.data.batches import BatchIterator, batches_in_order
 from dlm_jax.data.bpe import SPECIAL_TOKENS, train_tokenizer
-from dlm_jax.data.sources import WIKITEXT_SPLITS, cache_home, default_corpus, held_out_split, spec_or_default_corpus
+from dlm_jax.data.sources import (
+    WIKITEXT_SPLITS,
+    cache_home,
+    default_corpus,
+    default_held_out_corpus,
+    held_out_split,
+    spec_or_default_corpus,
+)
 
 _CACHE_NAMES = ("prepare_dataset", "PackedDataset")
 
@@ -36,6 +43,7 @@ __all__ = [
     "batches_in_order",
     "cache_home",
     "default_corpus",
+    "default_held_out_corpus",
     "held_out_split",
     "prepare_dataset",
     "spec_or_default_corpus",

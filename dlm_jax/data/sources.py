@@ -12,6 +12,7 @@ import json
 import os
 import re
 import sysconfig
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -266,10 +267,9 @@ def default_corpus(cache_dir=None) -> Path:
     sorted path order and nodes in source order, so the file is the same on every run. Only
     prose paragraphs are kept, each on one line (`prose_paragraphs`): docstrings wrap their
     lines at ~72 columns, and a small model trained on wrapped text spends its first hundreds of
-    steps predicting newlines.
+    steps predicting newlines. The standard library's test suite is left out: it is the held-out
+    text (`default_held_out_corpus`).
     """
-    import ast
-
     path = Path(cache_dir or cache_home()) / f"stdlib_prose_py{sysconfig.get_python_version()}.txt"
     if path.exists():
         return path
@@ -290,10 +290,36 @@ def default_corpus(cache_dir=None) -> Path:
     for folder, subfolders, files in os.walk(stdlib):
         subfolders[:] = [d for d in subfolders if d not in skip]  # prune: site-packages can be huge
         modules += [Path(folder, f) for f in files if f.endswith(".py") and not f.startswith("test_")]
-    docstrings = []
+    paragraphs = _docstring_prose(modules)
+    if not paragraphs:
+        raise UserError(f"no standard library sources under {stdlib}; pass --data with a text file")
+    return _write_paragraphs(path, paragraphs)
+
+
+def default_held_out_corpus(cache_dir=None) -> Path | None:
+    """Held-out text for a model trained on `default_corpus`: the prose of the docstrings of this
+    Python's own test suite (the standard library's test/ package, about 0.2 MB), which that
+    corpus leaves out: the same kind of text, by the same authors. None where the test suite is
+    not installed (some Linux distributions ship it as a package of its own)."""
+    path = Path(cache_dir or cache_home()) / f"stdlib_test_prose_py{sysconfig.get_python_version()}.txt"
+    if path.exists():
+        return path
+    suite = Path(sysconfig.get_paths()["stdlib"]) / "test"
+    paragraphs = _docstring_prose(p for p in suite.rglob("*.py") if "__pycache__" not in p.parts)
+    return _write_paragraphs(path, paragraphs) if paragraphs else None
+
+
+def _docstring_prose(modules) -> list[str]:
+    """The prose paragraphs of the docstrings of `modules` (paths, read in sorted order; module,
+    classes and functions in source order)."""
+    import ast
+
+    paragraphs = []
     for module in sorted(modules):
         try:
-            tree = ast.parse(module.read_bytes())
+            with warnings.catch_warnings():  # invalid escapes in old sources: not ours to report
+                warnings.simplefilter("ignore", (SyntaxWarning, DeprecationWarning))
+                tree = ast.parse(module.read_bytes())
         except (SyntaxError, ValueError):
             continue  # a file for another Python version
         nodes = [tree]  # module, classes and functions in source order (top-level bodies only)
@@ -301,12 +327,15 @@ def default_corpus(cache_dir=None) -> Path:
             node = nodes.pop(0)
             doc = ast.get_docstring(node)
             if doc and len(doc) >= 40:  # lone surrogates from escapes become "?"
-                docstrings += prose_paragraphs(doc.encode("utf-8", "replace").decode("utf-8"))
+                paragraphs += prose_paragraphs(doc.encode("utf-8", "replace").decode("utf-8"))
             nodes[:0] = [n for n in node.body if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
-    if not docstrings:
-        raise UserError(f"no standard library sources under {stdlib}; pass --data with a text file")
+    return paragraphs
+
+
+def _write_paragraphs(path: Path, paragraphs: list[str]) -> Path:
+    """`paragraphs` as one text file at `path`, a blank line between them; written whole or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_suffix(f".tmp{os.getpid()}")
-    staging.write_text("\n\n".join(docstrings) + "\n", encoding="utf-8")
+    staging.write_text("\n\n".join(paragraphs) + "\n", encoding="utf-8")
     staging.replace(path)
     return path
