@@ -178,7 +178,7 @@ def bench_shape(name, steps, dtypes, repeats):
 # ---------------------------------------------------------------------------------------------
 # Part 2: cached sampling.
 
-TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw" / "wiki.valid.raw"
+WIKITEXT_VALID = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw" / "wiki.valid.raw"
 
 
 def even_counts(masks, steps):
@@ -244,9 +244,9 @@ def torch_dual_cache_generate(model, canvas, prompt_length, block_length, steps,
     return x.numpy()
 
 
-def text_prompts(tokenizer, batch, length):
-    """`batch` prompts of BOS + length - 1 tokens cut from WikiText-2's validation text."""
-    ids = sampling.encode_prompt(tokenizer, TEXT.read_text()[:200_000])
+def text_prompts(tokenizer, batch, length, text: Path):
+    """`batch` prompts of BOS + length - 1 tokens cut from the start of `text`."""
+    ids = sampling.encode_prompt(tokenizer, text.read_text()[:200_000])
     bos, body = ids[:1], ids[1:]
     return np.stack([bos + body[i * length : (i + 1) * length - 1] for i in range(batch)])
 
@@ -378,6 +378,13 @@ def main():
     parser.add_argument(
         "--threshold", type=float, help="also rows of the threshold rule (Fast-dLLM's), none against dual"
     )
+    parser.add_argument(
+        "--prompt-text",
+        type=Path,
+        default=WIKITEXT_VALID,
+        help="the --checkpoint's prompts are cut from this text (default: WikiText-2 valid); held-out text "
+        "of the model's own domain measures agreement where the model is confident",
+    )
     args = parser.parse_args()
     print(
         f"CPU: {cpu_description()}; jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
@@ -428,7 +435,7 @@ def main():
                 config,
                 params,
                 torch_model,
-                text_prompts(tokenizer, BATCH, args.prompt_length),
+                text_prompts(tokenizer, BATCH, args.prompt_length, args.prompt_text),
                 True,
             )
         )
