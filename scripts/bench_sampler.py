@@ -21,23 +21,26 @@ blocks of 32, greedy low_confidence with LLaDA's even split (--cache-steps 32: 8
 tokens per step per block), batch 8. cache=None against cache="dual" at K = the block's steps
 (refresh only at block starts, as Fast-dLLM's DualCache) and at each K of --refresh (the curve),
 and cache="prefix": time, speed-up over cache=None, and the share of generated tokens equal to
-cache=None's. Agreement means something only on a trained model: --checkpoint DIR (a dlm-jax
-model dir, a training workdir or a HF dir) adds its rows, with prompts cut from real text
-(WikiText-2 valid); the random shapes (small: hidden 256 x 4 layers; base: roberta-base) are for
-speed. Beside them, a Fast-dLLM-style dual-cache loop written here in PyTorch over transformers'
-model with the same weights and the same rule (full forward at each block start keeping every
-layer's keys and values, then forwards over the block only; commits as above), at 1 thread and
-at all threads, the faster counting; "same tokens" there is against our dual cache. A control
-row, cache=None with bfloat16 compute against float32, measures how far rounding alone moves
-greedy decoding on the model. On the trained model a second agreement column rewrites each
-block from the uncached run's text before it, so a changed commit in one block no longer changes
-the blocks after it: what is left is the block's own steps (the uncached row of that column, 100%,
-checks that the replay is exact). --threshold T (with --checkpoint) adds Fast-dLLM's threshold
-rule (steps bound = gen length): none, dual refreshed at block starts, dual with K = 2.
+cache=None's. Agreement means something only on a trained model: --checkpoint DIR (a dlm-jax model
+dir, a training workdir or a HF dir) adds its rows, with prompts cut from real text (WikiText-2
+valid, or --prompt-text FILE: held-out text of the model's own kind, where it is confident, such
+as dlm_jax.data.default_held_out_corpus() for the quickstart); the random shapes (small: hidden
+256 x 4 layers; base: roberta-base) are for speed. Beside them, a Fast-dLLM-style dual-cache loop
+written here in PyTorch over transformers' model with the same weights and the same rule (full
+forward at each block start keeping every layer's keys and values, then forwards over the block
+only; commits as above), at 1 thread and at all threads, the faster counting; "same tokens" there
+is against our dual cache. A control row, cache=None with bfloat16 compute against float32,
+measures how far rounding alone moves greedy decoding on the model. On the trained model a second
+agreement column rewrites each block from the uncached run's text before it, so a changed commit
+in one block no longer changes the blocks after it: what is left is the block's own steps (the
+uncached row of that column, 100%, checks that the replay is exact). --threshold T (with
+--checkpoint) adds Fast-dLLM's threshold rule (steps bound = gen length): none, dual refreshed at
+block starts, dual with K = 2.
 
     python scripts/bench_sampler.py [--sizes tiny small base] [--steps 16] [--dtypes float32 bfloat16]
     python scripts/bench_sampler.py --sizes --cache-sizes small base [--checkpoint runs/quickstart]
         [--prompt-length 64 --gen-length 128 --block-length 32 --cache-steps 32 --refresh 1 2 4] [--threshold 0.9]
+        [--prompt-text "$(python -c 'import dlm_jax.data as d; print(d.default_held_out_corpus())')"]
 """
 
 import argparse
