@@ -182,9 +182,15 @@ MISUSE = {
         row({"--block-length": "200", "--gen-length": None, "--steps": None}, model=True),  # past the positions
     ],
     ("generate", "--remasking"): [row({"--remasking": "bogus"})],
-    ("generate", "--schedule"): [row({"--schedule": "bogus"})],
-    ("generate", "--top-p"): [row({"--top-p": "0.9"})],  # with greedy decoding
-    ("generate", "--top-k"): [row({"--top-k": "5"}), row({"--top-k": "60000", "--temperature": "1"}, model=True)],
+    ("generate", "--schedule"): [
+        row({"--schedule": "bogus"}),
+        row({"--schedule": "cosine", "--remasking": "threshold"}, model=True),  # a rule that sets its own counts
+    ],
+    ("generate", "--top-p"): [row({"--top-p": "0.9"}, model=True)],  # with greedy decoding
+    ("generate", "--top-k"): [
+        row({"--top-k": "5"}, model=True),
+        row({"--top-k": "60000", "--temperature": "1"}, model=True),
+    ],
     ("generate", "--confidence-threshold"): [row({"--confidence-threshold": "0.5"}, model=True)],
     ("generate", "--forbid-eos"): [],
     ("generate", "--factor"): [row({"--factor": "2"}, model=True)],  # without --remasking factor
@@ -538,24 +544,30 @@ def test_outputs_follow_the_umask(paths, tmp_path, capsys):
             assert mode == (0o775 if path.is_dir() else 0o664), (path, oct(mode))
 
 
-def test_generate_cache_flags_reach_the_sampler(paths, capsys):
-    """--cache dual with --refresh-every 1 recomputes every step: the uncached tokens; the
-    default refresh (block starts only) is what the library gives for the same keywords."""
-    argv = [
-        "generate",
-        "--checkpoint",
-        paths["hf"],
-        "--prompt",
-        "Call me",
-        "--gen-length",
-        8,
-        "--steps",
-        8,
-        "--block-length",
-        4,
-        "--json",
-    ]
+def test_generate_cache_flags_reach_the_sampler(tmp_path, capsys):
+    """On a checkpoint whose predictions depend on their context (attention values and outputs
+    scaled up, so stale keys and values change tokens): --cache dual gives the library's cached
+    tokens, which differ from the uncached ones, and --refresh-every 1 gives the uncached ones."""
+    import torch
+    from helpers_hf import hf_model
+
+    from dlm_jax.api import load
+    from dlm_jax.sampling import encode_prompt, generate
+
+    hf, tokenizer = hf_model("roberta")
+    with torch.no_grad():
+        for layer in hf.roberta.encoder.layer:
+            layer.attention.self.value.weight.mul_(10)
+            layer.attention.output.dense.weight.mul_(10)
+    checkpoint = tmp_path / "context"
+    hf.save_pretrained(str(checkpoint))
+    tokenizer.save_pretrained(str(checkpoint))
+    prompt = "The whale"
+    argv = ["generate", "--checkpoint", checkpoint, "--prompt", prompt, "--json"]
+    argv += ["--gen-length", 8, "--steps", 8, "--block-length", 4]
     ids = lambda *extra: json.loads(cli(capsys, *argv, *extra)[1])["ids"]
-    _, row, width = _library_text(paths, "Call me", 8, 8, block_length=4, cache="dual")
+    model = load(checkpoint)
+    prompt_ids = encode_prompt(model.tokenizer, prompt)
+    cached = generate(model, [prompt_ids], gen_length=8, steps=8, block_length=4, cache="dual")[0]
+    assert ids("--cache", "dual") == cached[len(prompt_ids) :].tolist() != ids()
     assert ids("--cache", "dual", "--refresh-every", 1) == ids()
-    assert ids("--cache", "dual") == row[width:].tolist()

@@ -165,9 +165,12 @@ def test_stop_at_eos(kwargs):
     out, history = sampling.generate(model, PLAIN, return_history=True, **kwargs)
     np.testing.assert_array_equal(out, reference_generate(model, PLAIN, **kwargs))
     width = max(map(len, PLAIN))
-    for row in out[:, width:]:
-        first = list(row).index(EOS)
-        assert (row[first:] == EOS).all() or not (row[first:] == MASK).any()
+    for r, row in enumerate(out[:, width:]):
+        # The first canvas whose text has ended (an EOS with no mask before it): the row is done
+        # there, and its masks then became EOS while every committed token stayed.
+        ended = lambda gen: EOS in gen and MASK not in gen[: list(gen).index(EOS)]
+        done = next(h[r, width:] for h in history if ended(h[r, width:]))
+        np.testing.assert_array_equal(row, np.where(done == MASK, EOS, done))
     masks = [(h == MASK).sum() for h in history]
     assert masks[-1] == 0 and masks.index(0) < len(masks) - 1  # finished before the last step
     np.testing.assert_array_equal(history[-1], out)

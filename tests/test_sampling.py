@@ -203,6 +203,15 @@ BAD = [
     (dict(remasking="confident"), "unknown remasking"),
     (dict(schedule="quadratic"), "unknown schedule"),
     (dict(confidence_threshold=0.9), "only applies"),
+    (dict(block_length=0), "block_length must be a positive integer"),
+    (dict(block_length=-4), "block_length must be a positive integer"),
+    (dict(top_k=1000, temperature=1.0), "exceeds the vocabulary"),
+    (dict(top_k=5), "decodes greedily"),
+    (dict(top_p=0.9), "decodes greedily"),
+    (dict(seed=-1), "seed must be"),
+    (dict(seed=2**32), "seed must be"),
+    (dict(schedule="cosine", remasking="threshold"), "decides that itself"),
+    (dict(schedule="linear", remasking="origin", temperature=1.0), "decides that itself"),
 ]
 
 
@@ -212,6 +221,20 @@ def test_bad_input_before_compiling(model, change, message):
     with pytest.raises(UserError, match=message):
         sampling.generate(model, PROMPTS, **{**dict(gen_length=16, steps=8), **change})
     assert sampling._program._cache_size() == compiled
+
+
+def test_integral_floats_and_origin_with_more_steps_than_tokens(model):
+    """gen_length=16.0 is 16; origin decides its own commits (some steps commit none), so it may
+    take more steps than a block has tokens, and still fills every mask by its last step."""
+    kwargs = dict(gen_length=16, steps=8, temperature=1.0, seed=3)
+    np.testing.assert_array_equal(
+        sampling.generate(model, PROMPTS, **{**kwargs, "gen_length": 16.0, "steps": 8.0}),
+        sampling.generate(model, PROMPTS, **kwargs),
+    )
+    kwargs = dict(gen_length=16, steps=32, block_length=8, remasking="origin", temperature=1.0, seed=3)
+    out = sampling.generate(model, PROMPTS, **kwargs)
+    np.testing.assert_array_equal(out, reference_generate(model, PROMPTS, **kwargs))
+    assert not (out[:, max(map(len, PROMPTS)) :] == MASK).any()
 
 
 def test_no_mask_token_is_refused(model):

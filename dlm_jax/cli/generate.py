@@ -39,7 +39,7 @@ def add_parser(subparsers, name):
         f"training length or the model's positions, at most {GEN_LENGTH_CAP})",
     )
     p.add_argument(
-        "--steps", type=positive_int, help="unmasking steps (default: --gen-length; the bound for threshold)"
+        "--steps", type=positive_int, help="unmasking steps (default: --gen-length; the bound for threshold and factor)"
     )
     p.add_argument("--block-length", type=positive_int, help="semi-autoregressive block length (default: one block)")
     p.add_argument(
@@ -63,7 +63,8 @@ def add_parser(subparsers, name):
     p.add_argument(
         "--stop-at-eos",
         action="store_true",
-        help="a row that has generated EOS is done: its remaining masks become EOS, its steps are skipped",
+        help="a row whose text has ended (an EOS with no mask before it) is done: its remaining masks "
+        "become EOS, and the loop ends once every row is done",
     )
     p.add_argument(
         "--cache",
@@ -115,13 +116,6 @@ def _check_args(args):
         raise UserError(f"unknown --remasking {args.remasking!r}; choose one of {', '.join(STRATEGIES)}")
     if args.schedule not in SCHEDULES:
         raise UserError(f"unknown --schedule {args.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-    if args.temperature == 0:
-        for option, value in (("--top-p", args.top_p), ("--top-k", args.top_k)):
-            if value is not None:
-                raise UserError(
-                    f"{option} shapes sampling, but --temperature 0 decodes greedily; "
-                    f"add --temperature T > 0 or drop {option}"
-                )
     if args.show and not sys.stdout.isatty():
         raise UserError(
             "--show replays in a terminal, but the output is not one; use --trajectory FILE.html to keep the replay"
@@ -180,11 +174,6 @@ def run(args):
     tokenizer, config = model.tokenizer, model.config
     if tokenizer is None:
         raise UserError(f"{args.checkpoint} has no tokenizer files; save the tokenizer with the checkpoint")
-    if args.top_k is not None and args.top_k > config.vocab_size:
-        raise UserError(
-            f"--top-k {args.top_k} exceeds the vocabulary of {config.vocab_size} tokens; "
-            f"use at most {config.vocab_size}"
-        )
     prompts = [encode_prompt(tokenizer, t) for t in texts]
     gen_length = _gen_length(args, model, prompts)
     want_history = args.show or args.trajectory is not None

@@ -4,7 +4,7 @@ the option (`dlm-jax CMD: error: argument --seed: ...`, exit status 2) before an
 import argparse
 import math
 
-SEED_LIMIT = 2**32  # seeds become uint32 on the device
+from dlm_jax.errors import SEED_LIMIT
 
 
 def _int(text: str) -> int:

@@ -12,7 +12,8 @@ before the end.
 
 Randomness: step s uses `fold_in(key(seed), s)`, split by `fold_in` into the Gumbel noise of the
 proposal (float32: JAX runs without x64 by default; LLaDA's reference uses float64) and the
-uniform draws of the `random`, `origin` and `random_remask` strategies.
+uniform draws of the `random`, `origin` and `random_remask` strategies and of `alg_temp`'s draw
+of positions.
 
 Speed: the vocabulary head (hidden x vocab) costs more than the whole encoder of a small model, so
 each step sends through it only the positions that may be committed (at most a size the host

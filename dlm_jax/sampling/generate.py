@@ -12,6 +12,7 @@ from dlm_jax.sampling.plan import (
     Knobs,
     Plan,
     as_batch,
+    blocks_of,
     check,
     step_tables,
 )
@@ -165,7 +166,6 @@ def generate(
     canvases after every step when return_history).
     """
     config, encoder = model.config, model.encoder
-    block_length = gen_length if block_length is None else block_length
     ids, mask = as_batch(prompt_ids, attention_mask, config.pad_token_id)
     check(
         config,
@@ -187,6 +187,7 @@ def generate(
         cache=cache,
         refresh_every=refresh_every,
         stop_at_eos=stop_at_eos,
+        seed=seed,
     )
     prompt_masks = (ids == config.mask_token_id) & (mask == 1)
     plan = Plan(
@@ -194,7 +195,7 @@ def generate(
         steps=int(steps),
         prompt_length=ids.shape[1],
         gen_length=int(gen_length),
-        block_length=int(block_length),
+        block_length=int(blocks_of(gen_length, block_length)),
         mask_id=config.mask_token_id,
         sample=temperature > 0,
         top_k=None if top_k is None else int(top_k),
@@ -209,9 +210,9 @@ def generate(
         alg_temp=bool(alg_temp),
     )
     batch = ids.shape[0]
-    canvas = np.concatenate([ids, np.full((batch, gen_length), config.mask_token_id)], axis=1)
-    full_mask = np.concatenate([mask, np.ones((batch, gen_length), np.int32)], axis=1)
-    prompt_mask = np.concatenate([(mask == 1) & ~prompt_masks, np.zeros((batch, gen_length), bool)], axis=1)
+    canvas = np.concatenate([ids, np.full((batch, plan.gen_length), config.mask_token_id)], axis=1)
+    full_mask = np.concatenate([mask, np.ones((batch, plan.gen_length), np.int32)], axis=1)
+    prompt_mask = np.concatenate([(mask == 1) & ~prompt_masks, np.zeros((batch, plan.gen_length), bool)], axis=1)
     tables = step_tables(plan, prompt_masks.sum(1), schedule)
     knobs = Knobs(
         temperature=np.float32(temperature),
@@ -220,7 +221,7 @@ def generate(
         threshold=np.float32(DEFAULT_CONFIDENCE_THRESHOLD if confidence_threshold is None else confidence_threshold),
         factor=np.float32(DEFAULT_FACTOR if factor is None else factor),
         alg_temp=np.float32(alg_temp or 1.0),
-        refresh_every=np.int32(steps if refresh_every is None else refresh_every),
+        refresh_every=np.int32(plan.steps if refresh_every is None else refresh_every),
     )
 
     rows = {
@@ -248,7 +249,7 @@ def generate(
         rows["canvas"],
         rows["mask"],
         rows["prompt"],
-        put(np.uint32(seed)),
+        put(np.uint32(int(seed))),
         put(knobs),
         put(tables._replace(count=None))._replace(count=rows["count"].T),
     )

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from dlm_jax.errors import UserError, flag
+from dlm_jax.errors import SEED_LIMIT, UserError, flag
 from dlm_jax.sampling.strategies import STRATEGIES, Strategy, strategy_named
 
 SCHEDULES = ("even", "cosine", "linear")
@@ -132,9 +132,15 @@ class StepTables(NamedTuple):
     head_branch: np.ndarray  # int32 [S]: which of plan.head_sizes holds every row's candidates
 
 
+def blocks_of(gen_length, block_length):
+    """The block length of a call: one block of the whole generated part when None."""
+    return gen_length if block_length is None else block_length
+
+
 def as_batch(prompt_ids, attention_mask, pad_id):
     """Prompts (one list, a list of lists of different lengths, or a [B, P] array with its mask)
-    -> left-padded int64 ids [B, P] and int32 attention mask [B, P]."""
+    -> int64 ids [B, P] and int32 attention mask [B, P]; lists of different lengths are
+    left-padded here, an array keeps its own padding (left or right, as its mask says)."""
     if isinstance(prompt_ids, (list, tuple)) and prompt_ids and isinstance(prompt_ids[0], (list, tuple, np.ndarray)):
         if attention_mask is not None:
             raise UserError("attention_mask goes with a [batch, length] array of prompt ids, not with a list of lists")
@@ -183,13 +189,14 @@ def check(
     cache=None,
     refresh_every=None,
     stop_at_eos=False,
+    seed=0,
     flags=False,
 ):
     """Raise UserError for every mistake a user can make, before anything is compiled. ids: the
     prompts as a [B, P] array; the keywords and their defaults are generate()'s. flags: the
     messages name the command line's flags (--gen-length, --remasking threshold) instead of
     generate()'s keywords (gen_length, remasking='threshold')."""
-    block_length = gen_length if block_length is None else block_length
+    block_length = blocks_of(gen_length, block_length)
     name = flag if flags else str
     setting = (lambda key, value: f"{flag(key)} {value}") if flags else (lambda key, value: f"{key}={value!r}")
     if remasking not in STRATEGIES:
@@ -206,6 +213,13 @@ def check(
         raise UserError(f"{name('gen_length')} must be a positive integer, got {gen_length}")
     if int(steps) != steps or steps <= 0:
         raise UserError(f"{name('steps')} must be a positive integer, got {steps}")
+    if int(block_length) != block_length or block_length <= 0:
+        raise UserError(f"{name('block_length')} must be a positive integer, got {block_length}")
+    if schedule != "even" and not strategy.scheduled:
+        raise UserError(
+            f"{name('schedule')} {schedule} sets how many tokens each step commits, but "
+            f"{setting('remasking', remasking)} decides that itself; drop {name('schedule')}"
+        )
     if gen_length % block_length:
         raise UserError(
             f"{name('gen_length')} {gen_length} is not divisible by {name('block_length')} {block_length}; "
@@ -217,7 +231,7 @@ def check(
             f"{name('steps')} {steps} is not divisible by the number of blocks {num_blocks} "
             f"({name('gen_length')} / {name('block_length')}); use a multiple of {num_blocks}"
         )
-    if not strategy.bounded_loop and steps // num_blocks > block_length:
+    if strategy.scheduled and steps // num_blocks > block_length:
         raise UserError(
             f"{steps // num_blocks} steps per block cannot each commit a token of a "
             f"{block_length}-token block; use {name('steps')} {block_length * num_blocks} or fewer"
@@ -237,6 +251,18 @@ def check(
         raise UserError(f"{name('top_p')} must lie in (0, 1], got {top_p}")
     if top_k is not None and (int(top_k) != top_k or top_k < 1):
         raise UserError(f"{name('top_k')} must be a positive integer, got {top_k}")
+    if top_k is not None and top_k > config.vocab_size:
+        raise UserError(
+            f"{name('top_k')} {top_k} exceeds the vocabulary of {config.vocab_size} tokens; "
+            f"use at most {config.vocab_size}"
+        )
+    if temperature == 0:
+        for keyword, value in (("top_p", top_p), ("top_k", top_k)):
+            if value is not None:
+                raise UserError(
+                    f"{name(keyword)} shapes sampling, but {setting('temperature', 0)} decodes greedily; "
+                    f"set {name('temperature')} above 0 or drop {name(keyword)}"
+                )
     if not cfg_scale >= 0:
         raise UserError(f"{name('cfg_scale')} must be >= 0 (0 turns guidance off), got {cfg_scale}")
     if confidence_threshold is not None:
@@ -270,6 +296,8 @@ def check(
             raise UserError(
                 f"{name('refresh_every')} must be a positive integer (steps between refreshes), got {refresh_every}"
             )
+    if int(seed) != seed or not 0 <= seed < SEED_LIMIT:
+        raise UserError(f"{name('seed')} must be an integer in [0, 2**32), got {seed}")
     if stop_at_eos:
         if config.eos_token_id is None:
             raise UserError(f"{name('stop_at_eos')} needs an EOS token, but the config has eos_token_id None")
@@ -293,8 +321,11 @@ def step_tables(plan: Plan, prompt_masks: np.ndarray, schedule: str) -> StepTabl
         start = 0 if b == 0 and plan.infill else plan.prompt_length + b * plan.block_length
         end = plan.prompt_length + (b + 1) * plan.block_length
         n = plan.block_length + (prompt_masks if b == 0 else 0 * prompt_masks)
-        per_row = np.stack([commit_counts(int(k), steps_per_block, schedule) for k in n], axis=1)
-        masks_left.append((n - np.cumsum(per_row, axis=0) + per_row).max(axis=1))
+        if plan.strategy.scheduled:
+            per_row = np.stack([commit_counts(int(k), steps_per_block, schedule) for k in n], axis=1)
+            masks_left.append((n - np.cumsum(per_row, axis=0) + per_row).max(axis=1))
+        else:  # the strategy decides its own commits: no counts, and the head sees the whole window
+            per_row = np.zeros((steps_per_block, len(n)), np.int64)
         if plan.strategy.remask:
             per_row = np.cumsum(per_row, axis=0)
         counts.append(per_row)

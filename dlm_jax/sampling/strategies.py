@@ -81,6 +81,11 @@ class Strategy:
     remask: bool = False  # re-predicts the block's decoded positions and re-masks all but `count`
 
     @property
+    def scheduled(self) -> bool:
+        """The schedule sets its commits per step (random_remask: per step of its block)."""
+        return self.counted or self.remask
+
+    @property
     def needs_logits(self) -> bool:
         """Its score needs the whole distribution, not only the greedy head's probability."""
         return self.score not in (None, probability)
