@@ -28,6 +28,7 @@ from flax import nnx
 
 from dlm_jax import api, data, diffusion, ops, sampling
 from dlm_jax import checkpoint as checkpoint_lib
+from dlm_jax.data.sources import check_writable
 from dlm_jax.errors import UserError, flag
 from dlm_jax.tokenizer import encode_texts
 
@@ -453,6 +454,8 @@ def evaluate(
     )
     if judge and num_samples:
         check_judge(judge)
+    if cache_dir is not None:
+        check_writable(Path(cache_dir).expanduser(), "choose another --cache-dir")
     try:
         model = api.load(checkpoint, step=step)
     except UserError as err:

@@ -230,7 +230,10 @@ MISUSE = {
         row({"--judge": "{missing}", "--samples": "2"}),
         row({"--judge": "{empty_dir}", "--samples": "2"}),
     ],
-    ("eval", "--cache-dir"): [row({"--cache-dir": "{a_file}"})],
+    ("eval", "--cache-dir"): [
+        row({"--cache-dir": "{a_file}"}),
+        row({"--cache-dir": "/proc/dlm_jax_cache"}),  # writable to os.access as root, yet nothing can be created
+    ],
     ("tokenizer", "--data"): [row({"--data": v}) for v in ("{missing}", "{binary}", "{empty_txt}")],
     ("tokenizer", "--out"): [row({"--out": v}) for v in ("{a_file}", "{under_file}", "{tokenizer}")],
     ("tokenizer", "--vocab-size"): [row({"--vocab-size": "100"})],

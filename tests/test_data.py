@@ -515,3 +515,15 @@ def test_bad_input_messages(tmp_path, roberta, shakespeare, monkeypatch):
     with pytest.raises(UserError, match=f"corpus has {len(small)} sequences of 64 tokens but one batch needs 64"):
         BatchIterator(small, 64, seed=0)
     assert not list(cache.glob("packed-*/dlm_packed_text/incomplete*"))  # failed builds leave nothing
+
+
+def test_a_data_cache_that_cannot_be_written_is_one_line(monkeypatch, tmp_path):
+    """DLM_JAX_CACHE naming a file, or a directory where nothing can be created (/proc, which
+    os.access calls writable for root): one line naming the variable, before the corpus is read."""
+    afile = tmp_path / "a_file"
+    afile.write_text("mine")
+    for cache, message in ((afile, "is a file, not a directory"), (Path("/proc/dlm_jax_cache"), "cannot write into")):
+        monkeypatch.setenv("DLM_JAX_CACHE", str(cache))
+        with pytest.raises(UserError, match=f"{message}.*; set DLM_JAX_CACHE to a writable directory"):
+            default_corpus()
+    assert afile.read_text() == "mine"

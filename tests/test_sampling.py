@@ -296,7 +296,9 @@ def test_cli_generate(tmp_path, capsys):
         "0.9",
     ]
     assert main(argv) == 0
-    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    record = json.loads(captured.out.strip().splitlines()[-1])
+    assert captured.err.strip().splitlines()[-1] == f"the replay of the first prompt is in {page}"
     assert len(record["ids"]) == 8 and isinstance(record["text"], str)
     assert 50264 in record["prompt_ids"]  # <mask> in the prompt is a mask token (infilled)
     text = page.read_text()

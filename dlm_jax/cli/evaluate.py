@@ -63,22 +63,19 @@ def add_parser(subparsers, name):
     p.add_argument("--judge", help="a HF causal-LM directory (e.g. gpt2) for generative perplexity (needs PyTorch)")
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument(
-        "--cache-dir", type=Path, help="where packed data is cached (default: $DLM_JAX_CACHE or ~/.cache/dlm_jax)"
+        "--cache-dir",
+        type=Path,
+        help="where packed data is cached (default: $DLM_JAX_CACHE, else $XDG_CACHE_HOME/dlm_jax or ~/.cache/dlm_jax)",
     )
     p.set_defaults(run=run)
 
 
 def _check_args(args):
-    """What the library would find only after loading or packing: optional dependencies and
-    writable outputs."""
-    from dlm_jax.data.sources import check_writable
-
+    """What the library would find only after loading the checkpoint: a missing optional dependency."""
     if args.judge and args.samples and importlib.util.find_spec("torch") is None:
         raise UserError(
             "--judge runs a PyTorch causal LM, and PyTorch is not installed: pip install torch, or drop --judge"
         )
-    if args.cache_dir is not None:
-        check_writable(args.cache_dir, "choose another --cache-dir")
 
 
 def run(args):
@@ -119,9 +116,13 @@ def json_safe(value):
 
 
 def table(r) -> str:
+    from dlm_jax.data.sources import held_out_split
+
+    # Local data without splits is read whole; internally that is its one split, "train".
+    part = "the whole text" if r["split"] == "train" == held_out_split(r["data"]) else f"split {r['split']}"
     lines = [
         f"checkpoint   {r['checkpoint']}",
-        f"data         {r['data']} (split {r['split']}, {r['num_sequences']} sequences of {r['seq_len']} tokens)"
+        f"data         {r['data']} ({part}, {r['num_sequences']} sequences of {r['seq_len']} tokens)"
         + ("; the training text, not held out" if r.get("training_text") else ""),
         f"NELBO        {r['nelbo_nats']:.4f} ± {r['nelbo_stderr']:.4f} nats/token"
         f" = {r['nelbo_bits_per_token']:.4f} ± {r['nelbo_bits_stderr']:.4f} bits/token"

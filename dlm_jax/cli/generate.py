@@ -248,3 +248,4 @@ def run(args):
                 f"the text above was generated, but --trajectory {args.trajectory} could not be written: "
                 f"{err.strerror}; choose another path"
             ) from None
+        print(f"the replay of the first prompt is in {args.trajectory}", file=sys.stderr)  # stdout stays the text

@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 from tqdm import tqdm
 
 from dlm_jax.data.packing import pack
-from dlm_jax.data.sources import check_writable, open_source
+from dlm_jax.data.sources import CACHE_FIX, check_writable, open_source
 from dlm_jax.errors import UserError
 from dlm_jax.tokenizer import tokenizer_fingerprint
 
@@ -102,7 +102,7 @@ def prepare_dataset(spec, tokenizer, seq_len: int, *, cache_dir, split: str = "t
         f"{_PACKING_VERSION}|{source.fingerprint}|{tokenizer_fingerprint(tokenizer)}|{seq_len}".encode()
     ).hexdigest()
     cache_dir = Path(cache_dir).expanduser()
-    check_writable(cache_dir, "pass a writable directory as --cache-dir (or DLM_JAX_CACHE)")
+    check_writable(cache_dir, CACHE_FIX)
     data_dir = cache_dir / f"packed-{key[:20]}"
 
     def records(name, stats):

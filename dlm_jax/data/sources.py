@@ -12,6 +12,7 @@ import json
 import os
 import re
 import sysconfig
+import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +48,9 @@ class Source(NamedTuple):
     split: str  # the split asked for, as it is read back (TFDS: a slice of "train")
 
 
+CACHE_FIX = "set DLM_JAX_CACHE to a writable directory for the data cache"
+
+
 def cache_home() -> Path:
     """The data cache: $DLM_JAX_CACHE, else $XDG_CACHE_HOME/dlm_jax, else ~/.cache/dlm_jax."""
     if "DLM_JAX_CACHE" in os.environ:
@@ -64,6 +68,11 @@ def check_writable(directory: Path, fix: str) -> None:
         raise UserError(f"{existing} is a file, not a directory{where}; {fix}")
     if not os.access(existing, os.W_OK):
         raise UserError(f"cannot write into {directory}: {existing} is not writable; {fix}")
+    try:  # os.access says yes to root everywhere, also where nothing can be created (/proc, read-only mounts)
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise UserError(f"cannot write into {directory}: {err.strerror or err}; {fix}") from None
 
 
 def open_source(spec, split) -> Source:
@@ -273,6 +282,7 @@ def default_corpus(cache_dir=None) -> Path:
     path = Path(cache_dir or cache_home()) / f"stdlib_prose_py{sysconfig.get_python_version()}.txt"
     if path.exists():
         return path
+    check_writable(path.parent, CACHE_FIX)
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     skip = {
         "test",
@@ -304,6 +314,7 @@ def default_held_out_corpus(cache_dir=None) -> Path | None:
     path = Path(cache_dir or cache_home()) / f"stdlib_test_prose_py{sysconfig.get_python_version()}.txt"
     if path.exists():
         return path
+    check_writable(path.parent, CACHE_FIX)
     suite = Path(sysconfig.get_paths()["stdlib"]) / "test"
     paragraphs = _docstring_prose(p for p in suite.rglob("*.py") if "__pycache__" not in p.parts)
     return _write_paragraphs(path, paragraphs) if paragraphs else None
